@@ -1,0 +1,126 @@
+"""Typed map and project configuration (pydantic), loadable from TOML or JSON."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is invalid; the message names the field and the fix."""
+
+
+class LatLng(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    lat: float = Field(ge=-85.0, le=85.0, description="latitude in degrees (WGS84)")
+    lng: float = Field(ge=-180.0, le=180.0, description="longitude in degrees (WGS84)")
+
+
+class MapConfig(BaseModel):
+    """The camera and grid of one map. Defaults are the production isometric.nyc values."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(default="nyc", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: LatLng = LatLng(lat=40.7484, lng=-73.9857)
+    azimuth_deg: float = Field(default=-15.0, ge=-360.0, le=360.0)
+    elevation_deg: float = Field(default=-45.0, gt=-90.0, lt=0.0, description="negative = looking down")
+    tile_px: int = Field(default=1024, ge=64, le=8192)
+    quadrant_px: int = Field(default=512, ge=32, le=4096)
+    view_height_m: float = Field(default=300.0, gt=0.0, le=100_000.0)
+
+    @model_validator(mode="after")
+    def _quadrant_is_half_tile(self) -> MapConfig:
+        if self.tile_px != 2 * self.quadrant_px:
+            raise ValueError(
+                f"tile_px ({self.tile_px}) must be exactly 2 × quadrant_px ({self.quadrant_px}): "
+                "a tile is a 2×2 block of quadrants"
+            )
+        return self
+
+    @property
+    def meters_per_pixel(self) -> float:
+        return self.view_height_m / self.tile_px
+
+
+class ProjectConfig(BaseModel):
+    """Everything one deployment needs: the map, the area to build and where data lives."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    map: MapConfig = MapConfig()
+    bounds: str = Field(
+        default="demo",
+        description="a preset name (demo, manhattan, nyc) or a path to a GeoJSON Polygon/MultiPolygon in lat/lng",
+    )
+    geodata: list[str] = Field(
+        default_factory=list,
+        description="vector files (GeoJSON, GeoPackage, Shapefile, OSM PBF/XML); empty = synthetic offline city",
+    )
+    store: str = Field(default="data/store", description="tile store: a local directory or gs://bucket/prefix")
+
+    @field_validator("bounds")
+    @classmethod
+    def _bounds_not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("bounds must be a preset name (demo, manhattan, nyc) or a GeoJSON path")
+        return v
+
+
+def _format_validation_error(source: str, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(root)"
+        lines.append(f"field '{loc}': {e['msg']} (got {e.get('input')!r})")
+    return f"invalid config {source}: " + "; ".join(lines)
+
+
+def _read_mapping(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".toml":
+            return tomllib.loads(text)
+        if path.suffix.lower() == ".json":
+            return json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"config file {path} is not valid {path.suffix[1:].upper()}: {e}") from e
+    raise ConfigError(f"config file {path}: unsupported extension {path.suffix!r}; use .toml or .json")
+
+
+def load_map_config(path: str | Path) -> MapConfig:
+    """Load a MapConfig from a TOML/JSON file (either bare or under a [map] table)."""
+    path = Path(path)
+    data = _read_mapping(path)
+    data = data.get("map", data)
+    try:
+        return MapConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(str(path), e)) from None
+
+
+def load_project_config(path: str | Path | None) -> ProjectConfig:
+    """Load a ProjectConfig from TOML/JSON; ``None`` gives the embedded offline defaults."""
+    if path is None:
+        return ProjectConfig()
+    path = Path(path)
+    data = _read_mapping(path)
+    try:
+        cfg = ProjectConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(str(path), e)) from None
+    # Relative paths in a config file are relative to that file, not to the working directory.
+    base = path.parent
+    updates: dict[str, Any] = {}
+    if cfg.bounds not in ("demo", "manhattan", "nyc") and not Path(cfg.bounds).is_absolute():
+        updates["bounds"] = str(base / cfg.bounds)
+    updates["geodata"] = [g if Path(g).is_absolute() else str(base / g) for g in cfg.geodata]
+    if "://" not in cfg.store and not Path(cfg.store).is_absolute():
+        updates["store"] = str(base / cfg.store)
+    return cfg.model_copy(update=updates)

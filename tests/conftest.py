@@ -1,0 +1,29 @@
+"""Shared test fixtures. Real NYC data is read in place from ../shared/geodata (never copied)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from isonyc_dagster.config import MapConfig
+from isonyc_dagster.geometry import MapGeometry
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+GEODATA = SHARED / "geodata"
+STYLE = SHARED / "reference" / "style"
+
+
+def geodata_file(name: str) -> Path:
+    """Path of a file in ../shared/geodata; skips the test when the shared data is absent."""
+    p = GEODATA / name
+    if not p.exists():
+        pytest.skip(f"shared geodata {p} not available")
+    return p
+
+
+@pytest.fixture(scope="session")
+def geometry() -> MapGeometry:
+    """The production map geometry (isometric.nyc camera and seed)."""
+    return MapGeometry(MapConfig())

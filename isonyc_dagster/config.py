@@ -62,7 +62,25 @@ class ProjectConfig(BaseModel):
         default_factory=list,
         description="vector files (GeoJSON, GeoPackage, Shapefile, OSM PBF/XML); empty = synthetic offline city",
     )
-    store: str = Field(default="data/store", description="tile store: a local directory or gs://bucket/prefix")
+    store: str = Field(
+        default="data/store", description="tile store: a local directory or gs://bucket/prefix"
+    )
+    cache_dir: str = Field(default="data/cache", description="local cache for prepared geodata and downloads")
+    output_dir: str = Field(default="data/map", description="where the Deep Zoom map, PMTiles and viewer go")
+    dagster_url: str = Field(
+        default="http://127.0.0.1:3000", description="Dagster UI base URL for lineage links"
+    )
+    backend: str = Field(
+        default="pixelart",
+        description="generation backend: pixelart (offline), modal, oxen, gemini or vertex (settings from env vars)",
+    )
+    prompt: str = Field(
+        default=(
+            "Fill in the outlined section with the missing pixels corresponding to the <isometric nyc pixel art> "
+            "style, removing the border and exactly following the shape/style/structure of the surrounding image."
+        ),
+        description="instruction sent to image models with every template",
+    )
 
     @field_validator("bounds")
     @classmethod
@@ -123,4 +141,7 @@ def load_project_config(path: str | Path | None) -> ProjectConfig:
     updates["geodata"] = [g if Path(g).is_absolute() else str(base / g) for g in cfg.geodata]
     if "://" not in cfg.store and not Path(cfg.store).is_absolute():
         updates["store"] = str(base / cfg.store)
+    for name in ("cache_dir", "output_dir"):
+        if not Path(getattr(cfg, name)).is_absolute():
+            updates[name] = str(base / getattr(cfg, name))
     return cfg.model_copy(update=updates)

@@ -100,7 +100,9 @@ class MapGeometry:
         return np.asarray(lng), np.asarray(lat)
 
     # --- ground ↔ camera plane ↔ pixel ---------------------------------------------------------
-    def ground_to_camera(self, e: ArrayLike, n: ArrayLike, h: ArrayLike = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    def ground_to_camera(
+        self, e: ArrayLike, n: ArrayLike, h: ArrayLike = 0.0
+    ) -> tuple[np.ndarray, np.ndarray]:
         ca, sa = self._az
         sd, cd = self._dep
         e, n, h = np.asarray(e, float), np.asarray(n, float), np.asarray(h, float)
@@ -108,7 +110,9 @@ class MapGeometry:
         u = (e * sa + n * ca) * sd + h * cd
         return r, u
 
-    def camera_to_ground(self, r: ArrayLike, u: ArrayLike, h: ArrayLike = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    def camera_to_ground(
+        self, r: ArrayLike, u: ArrayLike, h: ArrayLike = 0.0
+    ) -> tuple[np.ndarray, np.ndarray]:
         ca, sa = self._az
         sd, cd = self._dep
         r, u, h = np.asarray(r, float), np.asarray(u, float), np.asarray(h, float)
@@ -121,11 +125,15 @@ class MapGeometry:
     def pixel_to_camera(self, px: ArrayLike, py: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
         return (np.asarray(px, float) - self.q) * self.mpp, (self.q - np.asarray(py, float)) * self.mpp
 
-    def ground_to_pixel(self, e: ArrayLike, n: ArrayLike, h: ArrayLike = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    def ground_to_pixel(
+        self, e: ArrayLike, n: ArrayLike, h: ArrayLike = 0.0
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Ground metres (+ height in metres) → world pixel. Heights lift points up the screen."""
         return self.camera_to_pixel(*self.ground_to_camera(e, n, h))
 
-    def pixel_to_ground(self, px: ArrayLike, py: ArrayLike, h: ArrayLike = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    def pixel_to_ground(
+        self, px: ArrayLike, py: ArrayLike, h: ArrayLike = 0.0
+    ) -> tuple[np.ndarray, np.ndarray]:
         """World pixel → the ground point at height h that is drawn there."""
         return self.camera_to_ground(*self.pixel_to_camera(px, py), h)
 
@@ -134,7 +142,9 @@ class MapGeometry:
     ) -> tuple[np.ndarray, np.ndarray]:
         return self.ground_to_pixel(*self.lnglat_to_ground(lng, lat), h)
 
-    def pixel_to_lnglat(self, px: ArrayLike, py: ArrayLike, h: ArrayLike = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    def pixel_to_lnglat(
+        self, px: ArrayLike, py: ArrayLike, h: ArrayLike = 0.0
+    ) -> tuple[np.ndarray, np.ndarray]:
         return self.ground_to_lnglat(*self.pixel_to_ground(px, py, h))
 
     # --- quadrants -----------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 import shapely
@@ -63,6 +64,9 @@ class City:
     synthetic: bool = False
     sources: list[str] = field(default_factory=list)
     attribution: str = ""
+    #: What each reader did (counts of buildings, skipped placeholders, estimated heights, repairs,
+    #: warnings), one dict per source, for logs and asset metadata.
+    reports: list[dict[str, Any]] = field(default_factory=list)
 
     # --- spatial indexes (built lazily, once) --------------------------------------------------
     @cached_property
@@ -112,7 +116,9 @@ class City:
         if self.land is not None:
             parts.append(region.difference(self.land))
         if self.water:
-            parts.extend(self.water[i].intersection(region) for i in self.water_tree.query(region, "intersects"))
+            parts.extend(
+                self.water[i].intersection(region) for i in self.water_tree.query(region, "intersects")
+            )
         if not parts:
             return Polygon()
         return shapely.union_all(parts)

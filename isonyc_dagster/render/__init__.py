@@ -1,0 +1,15 @@
+"""Whitebox isometric renderer (core, no Dagster): City → surface classes, building ids, heights, RGB.
+
+Public API::
+
+    r = Renderer(city, geometry)
+    res = r.render_quadrant(x, y)      # 512×512 RenderResult; render_tile(x, y) → 1024×1024
+    png = png_bytes(res.rgb)           # lossless PNG
+    thumb = render_png_preview(res)    # ≤ 256 px thumbnail for metadata
+    blob = res.to_npz(); RenderResult.from_npz(blob)
+"""
+
+from .renderer import MAX_WINDOW_PX, Renderer
+from .result import RenderResult, png_bytes, render_png_preview
+
+__all__ = ["MAX_WINDOW_PX", "RenderResult", "Renderer", "png_bytes", "render_png_preview"]

@@ -86,15 +86,25 @@ class TileStore(abc.ABC):
 
     # --- tiles ----------------------------------------------------------------------------------
     @abc.abstractmethod
-    def put_tiles(self, writes: Sequence[TileWrite], *, expect_size: tuple[int, int] | None = None) -> list[TileVersion]:
+    def put_tiles(
+        self, writes: Sequence[TileWrite], *, expect_size: tuple[int, int] | None = None
+    ) -> list[TileVersion]:
         """Validate every PNG, store blobs, add one new active version per tile, in one transaction.
 
         ``expect_size`` defaults to ``self.tile_size``. Idempotent: if the active version of a tile
         already has the same sha256 and provenance, no new version is added and it is returned.
         """
 
-    def put_tile(self, layer: str, x: int, y: int, png: bytes, provenance: dict[str, Any] | None = None,
-                 *, expect_size: tuple[int, int] | None = None) -> TileVersion:
+    def put_tile(
+        self,
+        layer: str,
+        x: int,
+        y: int,
+        png: bytes,
+        provenance: dict[str, Any] | None = None,
+        *,
+        expect_size: tuple[int, int] | None = None,
+    ) -> TileVersion:
         return self.put_tiles([TileWrite(layer, x, y, png, provenance or {})], expect_size=expect_size)[0]
 
     @abc.abstractmethod
@@ -132,12 +142,21 @@ class TileStore(abc.ABC):
     def flags(self, x: int, y: int) -> QuadrantFlags: ...
 
     @abc.abstractmethod
-    def set_flags(self, x: int, y: int, *, water: Water | None = None, starred: bool | None = None,
-                  flagged: bool | None = None, reference: bool | None = None) -> QuadrantFlags: ...
+    def set_flags(
+        self,
+        x: int,
+        y: int,
+        *,
+        water: Water | None = None,
+        starred: bool | None = None,
+        flagged: bool | None = None,
+        reference: bool | None = None,
+    ) -> QuadrantFlags: ...
 
     @abc.abstractmethod
-    def list_flags(self, *, reference: bool | None = None, starred: bool | None = None,
-                   flagged: bool | None = None) -> list[QuadrantFlags]: ...
+    def list_flags(
+        self, *, reference: bool | None = None, starred: bool | None = None, flagged: bool | None = None
+    ) -> list[QuadrantFlags]: ...
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

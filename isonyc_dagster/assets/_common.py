@@ -1,0 +1,67 @@
+"""Helpers shared by the asset modules."""
+
+import base64
+import hashlib
+import io
+from collections.abc import Mapping
+
+import dagster as dg
+import numpy as np
+from PIL import Image
+
+from ..partitions import parse_key2
+
+#: Runs with at most this many partitions get an inline thumbnail per partition; larger runs link the full tile
+#: only, which keeps the event log small at city scale.
+THUMBNAILS_UP_TO = 64
+
+
+def partition_pairs(context: dg.AssetExecutionContext) -> list[tuple[int, int]]:
+    """The (x, y) / (bx, by) pairs of every partition of this run (single partition or a range)."""
+    # context.partition_key raises in range runs: always go through partition_keys.
+    return [parse_key2(k) for k in context.partition_keys]
+
+
+def decode_rgb(png: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(png)) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def encode_png(rgb: np.ndarray, *, compress_level: int = 3) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG", compress_level=compress_level)
+    return buf.getvalue()
+
+
+def thumbnail_md(png: bytes, *, max_px: int = 160, title: str = "preview") -> dg.MetadataValue:
+    """A small inline preview for the UI (nearest-neighbour, so pixel art stays crisp)."""
+    with Image.open(io.BytesIO(png)) as im:
+        im = im.convert("RGB")
+        scale = max_px / max(im.size)
+        if scale < 1:
+            im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.NEAREST)
+        buf = io.BytesIO()
+        im.save(buf, format="PNG", optimize=True)
+    b64 = base64.b64encode(buf.getvalue()).decode()
+    return dg.MetadataValue.md(f"![{title}](data:image/png;base64,{b64})")
+
+
+def combined_version(shas: Mapping[str, str]) -> dg.DataVersion:
+    """Data version of a run: the image hash for one partition, a hash of all (key, hash) pairs for a range.
+
+    Dagster records one data version per materialization step, so in a range run every partition gets the combined
+    hash; regenerating one partition later gives that partition alone a new version, and only its dependants go stale.
+    """
+    if len(shas) == 1:
+        return dg.DataVersion(next(iter(shas.values())))
+    h = hashlib.sha256()
+    for k in sorted(shas):
+        h.update(f"{k}={shas[k]};".encode())
+    return dg.DataVersion(h.hexdigest())
+
+
+def observe(context: dg.AssetExecutionContext, partition: str, metadata: dict) -> None:
+    """Per-partition metadata in a multi-partition run (a MaterializeResult has one set for the whole run)."""
+    context.log_event(
+        dg.AssetObservation(asset_key=context.asset_key, partition=partition, metadata=metadata)
+    )

@@ -1,0 +1,268 @@
+"""The generation step assets: ``blocks``, ``bridges_v``, ``bridges_h`` and ``corners``, partitioned by lattice cell.
+
+Each step builds its template (render pixels in the infill, outlined in red, already generated context around it),
+calls the generation backend, validates the output and commits the step's quadrants to the ``generation`` layer of
+the tile store in one transaction. Context dependencies between step assets are encoded as partition mappings
+(see ``partitions.LatticeMappings``), so the UI shows which steps a step used and what goes stale on regeneration.
+"""
+
+import hashlib
+from typing import Any
+
+import dagster as dg
+import numpy as np
+
+from ..backends.base import BackendError, GenerationRequest
+from ..plan import Step, StepKind
+from ..project import Project
+from ..render import RenderResult
+from ..resources import GeneratorResource, ProjectResource
+from ..store.base import TileWrite
+from ..template import (
+    ContextMissing,
+    OutputRejected,
+    RenderMissing,
+    Template,
+    build_template,
+    extract_quadrants,
+)
+from ._common import (
+    THUMBNAILS_UP_TO,
+    combined_version,
+    decode_rgb,
+    encode_png,
+    observe,
+    partition_pairs,
+    thumbnail_md,
+)
+from .render import RENDER_LAYER
+
+GENERATION_LAYER = "generation"
+
+STEP_ASSET_NAMES: dict[StepKind, str] = {
+    StepKind.BLOCK: "blocks",
+    StepKind.BRIDGE_V: "bridges_v",
+    StepKind.BRIDGE_H: "bridges_h",
+    StepKind.CORNER: "corners",
+}
+
+
+class StepInputs:
+    """Reads a step's inputs (renders, aux buffers, context) from the store; renders what is not stored."""
+
+    def __init__(self, project: Project) -> None:
+        self.project = project
+        self.store = project.store
+        self._aux: dict[tuple[int, int], dict[str, np.ndarray]] = {}
+
+    def render_rgb(self, x: int, y: int) -> np.ndarray | None:
+        png = self.store.get_tile(RENDER_LAYER, x, y)
+        if png is not None:
+            return decode_rgb(png)
+        if (x, y) in self.project.quadrants:
+            return None  # an in-bounds quadrant must be materialized by the render asset first
+        # Padding outside the bounds: render on the fly (deterministic, identical to a stored render).
+        return self.project.renderer.render_quadrant(x, y).rgb
+
+    def render_aux(self, x: int, y: int) -> dict[str, np.ndarray] | None:
+        if (x, y) not in self._aux:
+            res: RenderResult | None = None
+            v = self.store.active(RENDER_LAYER, x, y)
+            aux_sha = v.provenance.get("aux_sha256") if v is not None else None
+            if aux_sha and self.store.has_blob(aux_sha):
+                res = RenderResult.from_npz(self.store.get_blob(aux_sha))
+            else:
+                res = self.project.renderer.render_quadrant(x, y)
+            self._aux[(x, y)] = {"surface": res.surface, "building": res.building, "height": res.height}
+        return self._aux[(x, y)]
+
+    def generated_rgb(self, x: int, y: int) -> np.ndarray | None:
+        png = self.store.get_tile(GENERATION_LAYER, x, y)
+        return None if png is None else decode_rgb(png)
+
+    def template(self, step: Step) -> Template:
+        return build_template(
+            step, render_rgb=self.render_rgb, generated_rgb=self.generated_rgb, render_aux=self.render_aux
+        )
+
+
+def step_seed(project: Project, step: Step, offset: int) -> int:
+    """A stable per-step seed: reruns reproduce the same image; ``seed_offset`` gives new ones."""
+    h = hashlib.sha256(f"{project.config.map.name}:{step.key}".encode()).digest()
+    return (int.from_bytes(h[:4], "big") + offset) % (2**31 - 1)
+
+
+def run_step(
+    project: Project,
+    generator: GeneratorResource,
+    backend: Any,
+    step: Step,
+    inputs: StepInputs,
+    template: Template,
+) -> dict[str, Any]:
+    """Generate one step (K candidates when configured), validate, and commit its quadrants atomically."""
+    store = project.store
+    template_sha = store.put_blob(template.png)
+    seed0 = step_seed(project, step, generator.seed_offset)
+    k = max(1, generator.candidates)
+    candidates: list[dict[str, Any]] = []
+    best: tuple[float, dict[tuple[int, int], np.ndarray], Any] | None = None
+    errors: list[str] = []
+    for i in range(k):
+        request = GenerationRequest(
+            template_png=template.png,
+            prompt=project.config.prompt,
+            seed=seed0 + i,
+            infill_box=template.infill_box,
+            origin_px=template.origin_px,
+            aux=template.aux,
+        )
+        result = backend.generate(request)
+        output_sha = store.put_blob(result.image_png)
+        try:
+            quads = extract_quadrants(step, template, result.image_png)
+        except OutputRejected as e:
+            errors.append(str(e))
+            candidates.append(
+                {"output_sha256": output_sha, "seed": result.provenance.get("seed"), "rejected": e.reason}
+            )
+            continue
+        score = _context_seam_score(step, quads, inputs) if k > 1 else 0.0
+        candidates.append(
+            {"output_sha256": output_sha, "seed": result.provenance.get("seed"), "seam_score": score}
+        )
+        if best is None or score < best[0]:
+            best = (score, quads, (result, output_sha))
+    if best is None:
+        raise OutputRejected("all_candidates", "; ".join(errors))
+    score, quads, (result, output_sha) = best
+    provenance = {
+        "step": step.key,
+        "kind": step.kind.value,
+        "cell": list(step.cell),
+        "template_sha256": template_sha,
+        "output_sha256": output_sha,
+        "context": [list(c) for c in template.context_used],
+        "context_sha256": {
+            f"{x},{y}": v.sha256
+            for (x, y), v in store.active_map(GENERATION_LAYER, template.context_used).items()
+        },
+        "padding": [list(c) for c in template.padding],
+        **{k_: v for k_, v in result.provenance.items()},
+        "candidates": candidates if k > 1 else None,
+        "chosen_seam_score": score if k > 1 else None,
+    }
+    writes = [
+        TileWrite(GENERATION_LAYER, x, y, encode_png(rgb), provenance)
+        for (x, y), rgb in sorted(quads.items())
+    ]
+    versions = store.put_tiles(writes)
+    return {
+        "template": template,
+        "template_sha": template_sha,
+        "output_png": result.image_png,
+        "provenance": provenance,
+        "versions": versions,
+    }
+
+
+def _context_seam_score(step: Step, quads: dict[tuple[int, int], np.ndarray], inputs: StepInputs) -> float:
+    """Worst seam between the candidate's quadrants and the accepted context around them (0 = perfect)."""
+    from ..seams import aggregate, score_step_seams
+
+    context = {q: img for q in step.context if (img := inputs.generated_rgb(*q)) is not None}
+    return float(aggregate(score_step_seams(quads, context)))
+
+
+def build_step_asset(
+    kind: StepKind, partitions_def: dg.PartitionsDefinition, deps: list[dg.AssetDep]
+) -> dg.AssetsDefinition:
+    name = STEP_ASSET_NAMES[kind]
+
+    @dg.asset(
+        name=name,
+        partitions_def=partitions_def,
+        deps=deps,
+        group_name="generation",
+        compute_kind="generation",
+        description=f"Wave-{kind.wave} {kind.value} steps of the seam-free lattice (DESIGN.md §3): template → "
+        "model → validated quadrants, committed atomically.",
+        retry_policy=dg.RetryPolicy(
+            max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
+        ),
+        pool="generation_backend",
+    )
+    def _step_asset(
+        context: dg.AssetExecutionContext, project: ProjectResource, generator: GeneratorResource
+    ) -> dg.MaterializeResult:
+        p = project.get()
+        inputs = StepInputs(p)
+        keys = list(context.partition_keys)
+        cells = partition_pairs(context)
+        # Fail fast, before any model call: every step of the run must have its renders and context.
+        planned: list[tuple[str, Step, Template]] = []
+        missing: list[str] = []
+        for key, cell in zip(keys, cells, strict=True):
+            step = p.plan.get(kind, cell)
+            if step is None:
+                observe(
+                    context, key, {"empty": True, "reason": "no quadrant of this step is inside the bounds"}
+                )
+                continue
+            try:
+                planned.append((key, step, inputs.template(step)))
+            except (ContextMissing, RenderMissing) as e:
+                missing.append(str(e))
+        if missing:
+            raise dg.Failure(
+                description="context not ready, nothing was generated: " + "; ".join(missing[:10]),
+                metadata={"missing": dg.MetadataValue.json(missing[:50])},
+                allow_retries=True,
+            )
+        backend = generator.build()
+        shas: dict[str, str] = {}
+        last_meta: dict[str, Any] = {}
+        try:
+            for key, step, template in planned:
+                try:
+                    out = run_step(p, generator, backend, step, inputs, template)
+                except (BackendError, OutputRejected) as e:
+                    raise dg.Failure(description=f"step {step.key}: {e}", allow_retries=True) from e
+                prov = out["provenance"]
+                shas[key] = hashlib.sha256(out["output_png"]).hexdigest()
+                last_meta = {
+                    "step": step.key,
+                    "quadrants": dg.MetadataValue.json([list(q) for q in step.quadrants]),
+                    "context": dg.MetadataValue.json(prov["context"]),
+                    "backend": str(prov.get("backend")),
+                    "model_id": str(prov.get("model_id")),
+                    "seed": prov.get("seed"),
+                    "prompt_sha256": str(prov.get("prompt_sha256")),
+                    "template_sha256": out["template_sha"],
+                    "output_sha256": prov["output_sha256"],
+                    "latency_s": float(prov.get("latency_s") or 0.0),
+                }
+                if len(planned) <= THUMBNAILS_UP_TO:
+                    last_meta["template"] = thumbnail_md(
+                        out["template"].png, max_px=256, title=f"template {step.key}"
+                    )
+                    last_meta["output"] = thumbnail_md(
+                        out["output_png"], max_px=256, title=f"output {step.key}"
+                    )
+                if len(keys) > 1:
+                    observe(context, key, last_meta)
+                context.log.info(
+                    "generated %s (%d quadrants, context %d) with %s",
+                    step.key,
+                    len(step.quadrants),
+                    len(prov["context"]),
+                    prov.get("backend"),
+                )
+        finally:
+            backend.close()
+        meta: dict[str, Any] = {"steps_generated": len(shas)}
+        if len(keys) == 1:
+            meta.update(last_meta)
+        return dg.MaterializeResult(metadata=meta, data_version=combined_version(shas) if shas else None)
+
+    return _step_asset

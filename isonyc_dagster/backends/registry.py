@@ -1,0 +1,78 @@
+"""Build a backend by name from flat settings (what a config file or a Dagster resource holds)."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Any
+
+from ._http import HttpSettings, split_http_settings
+from .base import ImageBackend
+
+#: name → (module, class). Imported lazily: the offline path must not pay for HTTP/GCS imports.
+BACKENDS: dict[str, tuple[str, str]] = {
+    "pixelart": ("isonyc_dagster.backends.pixelart", "PixelArtBackend"),
+    "modal": ("isonyc_dagster.backends.modal", "ModalBackend"),
+    "oxen": ("isonyc_dagster.backends.oxen", "OxenBackend"),
+    "gemini": ("isonyc_dagster.backends.gemini", "GeminiBackend"),
+    "vertex": ("isonyc_dagster.backends.vertex", "VertexBackend"),
+}
+
+
+def backend_class(name: str) -> type[ImageBackend]:
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}")
+    module, cls = BACKENDS[name]
+    try:
+        return getattr(importlib.import_module(module), cls)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"backend {name!r} is not available ({module}.{cls}: {e})") from None
+
+
+def make_backend(name: str, **settings: Any) -> ImageBackend:
+    """Construct backend ``name`` with ``settings``.
+
+    HTTP settings (``timeout_s``, ``max_attempts``, ``max_concurrency``, ``breaker_threshold``, ... see
+    :class:`HttpSettings`) may be given flat next to the backend's own; unknown names are an error
+    that lists the valid ones. For ``oxen`` pass ``uploader=`` or ``bucket=`` (+ optional
+    ``uploader_prefix``, ``url_ttl_s``); for ``vertex`` a missing ``token_provider`` means
+    Application Default Credentials.
+    """
+    cls = backend_class(name)
+    params = inspect.signature(cls.__init__).parameters
+    takes_http = "http" in params
+    rest = dict(settings)
+    if takes_http and "http" not in rest:
+        http, rest = split_http_settings(rest)
+        rest["http"] = http
+    elif takes_http and not isinstance(rest.get("http"), HttpSettings):
+        rest["http"] = HttpSettings(**rest["http"])
+    if name == "oxen" and "uploader" not in rest:
+        if "bucket" not in rest:
+            raise ValueError("backend 'oxen' needs uploader= or bucket= (the GCS bucket for short-lived templates)")
+        from .oxen import GCSTemplateUploader
+
+        up_kwargs = {"prefix": rest.pop("uploader_prefix", "isonyc-templates/")}
+        if "url_ttl_s" in rest:
+            up_kwargs["url_ttl_s"] = rest.pop("url_ttl_s")
+        rest["uploader"] = GCSTemplateUploader(rest.pop("bucket"), **up_kwargs)
+    if name == "vertex" and rest.get("token_provider") is None:
+        from .vertex import google_auth_token_provider
+
+        rest["token_provider"] = google_auth_token_provider()
+    valid = [p for p in params if p != "self" and params[p].kind is not inspect.Parameter.VAR_KEYWORD]
+    unknown = sorted(set(rest) - set(valid))
+    if unknown and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        extra = sorted(HttpSettings.model_fields) if takes_http else []
+        raise ValueError(
+            f"backend {name!r} got unknown setting(s) {unknown}; valid: {[v for v in valid if v != 'http'] + extra}"
+        )
+    missing = [
+        p
+        for p, spec in params.items()
+        if p != "self" and spec.default is inspect.Parameter.empty and spec.kind is not inspect.Parameter.VAR_KEYWORD
+        and p not in rest
+    ]
+    if missing:
+        raise ValueError(f"backend {name!r} needs setting(s) {missing}")
+    return cls(**rest)

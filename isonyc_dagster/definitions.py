@@ -1,0 +1,89 @@
+"""The Dagster code location: ``defs`` for the project of ``$ISONYC_CONFIG`` (default: the embedded offline demo).
+
+``build_definitions(config)`` builds the same thing for any ``ProjectConfig`` (tests, other deployments).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+
+import dagster as dg
+
+from .assets.export import build_export_assets
+from .assets.generation import build_generation_asset
+from .assets.geodata import geodata
+from .assets.render import build_render_asset
+from .assets.steps import STEP_ASSET_NAMES, build_step_asset
+from .assets.water import build_water_asset
+from .config import ProjectConfig
+from .partitions import LatticeMappings, cell_partitions, quadrant_partitions
+from .plan import StepKind
+from .project import Project
+from .resources import GeneratorResource, ProjectResource
+from .seams import DEFAULT_THRESHOLD
+from .sensors import build_jobs, build_wave_scheduler
+
+#: Environment variables read by the remote backends' resources (values never leave the resource).
+BACKEND_ENV = {
+    "modal": {"url": "ISONYC_MODAL_URL", "api_key": "ISONYC_MODAL_KEY", "auth_secret": "ISONYC_MODAL_SECRET"},
+    "oxen": {"api_key": "ISONYC_OXEN_API_KEY"},
+    "gemini": {"api_key": "ISONYC_GEMINI_API_KEY"},
+    "vertex": {},
+}
+
+
+def generator_resource(config: ProjectConfig) -> GeneratorResource:
+    """The generator resource for the configured backend; secrets are bound to environment variables."""
+    name = config.backend
+    env = BACKEND_ENV.get(name, {})
+    settings = json.loads(os.environ.get("ISONYC_BACKEND_SETTINGS", "{}"))
+    if "url" in env and os.environ.get(env["url"]):
+        settings.setdefault("url", os.environ[env["url"]])
+    return GeneratorResource(
+        backend=name,
+        settings_json=json.dumps(settings),
+        api_key=dg.EnvVar(env["api_key"]) if "api_key" in env else None,
+        auth_secret=dg.EnvVar(env["auth_secret"]) if "auth_secret" in env else None,
+        candidates=int(os.environ.get("ISONYC_CANDIDATES", "1")),
+    )
+
+
+def build_definitions(config: ProjectConfig, *, generator: GeneratorResource | None = None) -> dg.Definitions:
+    """All assets, checks, the wave scheduler and resources for one project."""
+    warnings.filterwarnings("ignore", category=dg.BetaWarning)
+    warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+    project = Project(config)
+    qp = quadrant_partitions(project.quadrants)
+    cp = cell_partitions(project.plan)
+    maps = LatticeMappings(project.plan, project.quadrants)
+
+    render = build_render_asset(qp)
+    steps = []
+    for kind in StepKind:
+        deps = [dg.AssetDep("render", partition_mapping=maps.quadrant_to_step(kind))]
+        for up_kind, dx, dy in LatticeMappings.CONTEXT[kind]:
+            deps.append(dg.AssetDep(STEP_ASSET_NAMES[up_kind], partition_mapping=maps.step_to_step(dx, dy)))
+        steps.append(build_step_asset(kind, cp, deps))
+    generation = build_generation_asset(
+        qp,
+        [dg.AssetDep(STEP_ASSET_NAMES[k], partition_mapping=maps.step_to_quadrant(k)) for k in StepKind],
+        seam_threshold=DEFAULT_THRESHOLD,
+    )
+    water = build_water_asset(qp)
+    exports = build_export_assets()
+    jobs = build_jobs(qp, cp)
+    return dg.Definitions(
+        assets=[geodata, render, *steps, generation, water, *exports],
+        jobs=jobs,
+        sensors=[build_wave_scheduler(jobs)],
+        resources={
+            "project": ProjectResource.for_config(config),
+            "generator": generator or generator_resource(config),
+        },
+        executor=dg.in_process_executor,
+    )
+
+
+defs = build_definitions(Project.from_env().config)

@@ -1,0 +1,554 @@
+"""Shared normalization for every geodata reader: projection, field names, heights, repair.
+
+Readers hand raw geometries (lon/lat or any CRS) plus their attribute columns to the functions here,
+which produce the normalized ``Building``/``Park``/``Road`` objects of ``model.py`` in ground metres.
+Doing this in one place keeps the rules (feet vs metres, unknown heights, placeholders, invalid
+polygons) identical for GeoJSON, GeoPackage, Shapefile, OSM and Socrata data.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import shapely
+from pyproj import CRS, Transformer
+from pyproj.exceptions import CRSError
+from shapely.geometry import MultiPolygon, Polygon
+from shapely.geometry.base import BaseGeometry
+
+from ..geometry import MapGeometry
+from .model import DEFAULT_UNKNOWN_HEIGHT_M, Building, Park, Road
+
+log = logging.getLogger("isonyc_dagster.geodata")
+
+FEET = 0.3048
+#: Storey height used to turn ``building:levels`` into metres (NYC floor-to-floor is ~3–3.5 m).
+LEVEL_HEIGHT_M = 3.2
+#: DOITT feature code of placeholder footprints (no real building; skipped).
+PLACEHOLDER_FEATURE_CODE = 1003
+#: Polygons smaller than this after projection are degenerate (collinear lon/lat rings gain a few cm²
+#: of area in a transverse Mercator); no real building or park is this small.
+MIN_POLYGON_AREA_M2 = 0.5
+#: Data further than this from the map seed is almost surely in the wrong CRS (NYC spans ~60 km).
+MAX_DISTANCE_FROM_SEED_M = 500_000.0
+
+ATTRIBUTION_DOITT = "Building footprints: NYC OTI (NYC Open Data)"
+ATTRIBUTION_DCP = "Borough boundaries: NYC DCP"
+ATTRIBUTION_PARKS = "Parks: NYC Parks"
+ATTRIBUTION_OSM = "© OpenStreetMap contributors (ODbL)"
+
+KINDS = ("buildings", "parks", "roads", "land", "water")
+
+# --- field names (matched case-insensitively; ':' and '_' are interchangeable) ---------------------
+#: Heights in metres. OSM's ``height`` is metres by definition (units in the string are honoured).
+HEIGHT_M_FIELDS = ("height_m", "height")
+#: DOITT roof heights in feet above ground: current Socrata name, legacy 2017 name, slim-file name.
+HEIGHT_FT_FIELDS = ("height_roof", "heightroof", "height_roof_ft", "height_ft")
+BASE_M_FIELDS = ("min_height_m", "min_height")
+LEVELS_FIELDS = ("building:levels", "levels", "num_floors", "numfloors")
+MIN_LEVEL_FIELDS = ("building:min_level", "min_level")
+FEATURE_CODE_FIELDS = ("feature_code", "feat_code")
+# Accepted and deliberately unused: the renderer puts every building on flat ground at sea level (the
+# camera model of DESIGN §2), so terrain elevation and construction year do not change a pixel.
+GROUND_ELEVATION_FIELDS = ("ground_elevation", "groundelev", "ground_elevation_ft")
+CONSTRUCTION_YEAR_FIELDS = ("construction_year", "cnstrct_yr")
+ID_FIELDS = ("osm_id", "id", "doitt_id", "bin", "objectid", "gispropnum", "fid")
+NAME_FIELDS = ("name", "park_name", "signname")
+WIDTH_FIELDS = ("width_m", "width")
+LANES_FIELDS = ("lanes",)
+
+PARK_VALUES = frozenset(
+    {
+        "park",
+        "garden",
+        "playground",
+        "grass",
+        "recreation_ground",
+        "dog_park",
+        "nature_reserve",
+        "village_green",
+        "common",
+        "cemetery",
+        "sports_centre",
+        "pitch",
+    }
+)
+
+#: Right-of-way widths (m) by OSM highway class when a road carries neither ``width`` nor ``lanes``.
+ROAD_WIDTH_M = {
+    "motorway": 16.0,
+    "trunk": 16.0,
+    "primary": 18.0,
+    "secondary": 14.0,
+    "tertiary": 12.0,
+    "unclassified": 9.0,
+    "residential": 9.0,
+    "living_street": 7.0,
+    "service": 5.0,
+    "pedestrian": 6.0,
+    "track": 4.0,
+    "busway": 7.0,
+    "footway": 3.0,
+    "path": 3.0,
+    "cycleway": 3.0,
+    "steps": 3.0,
+    "bridleway": 3.0,
+}
+DEFAULT_ROAD_WIDTH_M = 8.0
+LANE_WIDTH_M = 3.3
+#: Highway values that are not visible roads (planned, gone, indoor or not a way at all).
+IGNORED_HIGHWAYS = frozenset(
+    {
+        "proposed",
+        "construction",
+        "abandoned",
+        "razed",
+        "disused",
+        "platform",
+        "elevator",
+        "corridor",
+        "bus_stop",
+    }
+)
+
+
+class GeodataError(ValueError):
+    """Geodata cannot be read or makes no sense; the message names the file/feature and the fix."""
+
+
+@dataclass
+class ReadReport:
+    """What one reader did with one source, for logs and asset metadata."""
+
+    source: str
+    features_read: int = 0
+    buildings: int = 0
+    parks: int = 0
+    roads: int = 0
+    water: int = 0
+    land: int = 0
+    skipped_placeholders: int = 0
+    heights_estimated: int = 0
+    repaired: int = 0
+    outside_window: int = 0
+    ignored: int = 0  # points and other geometry no kind can use
+    dropped_empty: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def warn(self, msg: str) -> None:
+        self.warnings.append(msg)
+        log.warning("%s: %s", self.source, msg)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items() if k not in ("dropped_empty", "warnings")}
+        d["dropped_empty"] = len(self.dropped_empty)
+        d["warnings"] = list(self.warnings)
+        return d
+
+
+@dataclass
+class FeatureSet:
+    """Normalized features from one or more sources, in ground metres."""
+
+    buildings: list[Building] = field(default_factory=list)
+    parks: list[Park] = field(default_factory=list)
+    roads: list[Road] = field(default_factory=list)
+    land: list[Polygon | MultiPolygon] = field(default_factory=list)
+    water: list[Polygon | MultiPolygon] = field(default_factory=list)
+    attribution: list[str] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+    reports: list[ReadReport] = field(default_factory=list)
+
+    def extend(self, other: FeatureSet) -> None:
+        self.buildings += other.buildings
+        self.parks += other.parks
+        self.roads += other.roads
+        self.land += other.land
+        self.water += other.water
+        self.attribution += [a for a in other.attribution if a not in self.attribution]
+        self.sources += other.sources
+        self.reports += other.reports
+
+
+# --- projection -------------------------------------------------------------------------------------
+def _lnglat_fn(geometry: MapGeometry, src_crs: CRS | None) -> Callable[[np.ndarray], np.ndarray]:
+    to_lnglat = None
+    if src_crs is not None and not src_crs.equals("EPSG:4326", ignore_axis_order=True):
+        to_lnglat = Transformer.from_crs(src_crs, "EPSG:4326", always_xy=True)
+
+    def fn(xy: np.ndarray) -> np.ndarray:
+        x, y = xy[:, 0], xy[:, 1]
+        if to_lnglat is not None:
+            x, y = to_lnglat.transform(x, y)
+        e, n = geometry.lnglat_to_ground(x, y)
+        return np.column_stack([e, n])
+
+    return fn
+
+
+def parse_crs(crs: Any, source: str) -> CRS | None:
+    if crs is None or crs == "":
+        return None
+    try:
+        return CRS.from_user_input(crs)
+    except CRSError as e:
+        raise GeodataError(f"{source}: unreadable CRS {crs!r} ({e}); reproject the file to EPSG:4326") from e
+
+
+def project_to_ground(
+    geometry: MapGeometry, geoms: np.ndarray, *, src_crs: CRS | None = None, source: str = ""
+) -> np.ndarray:
+    """Project geometries from ``src_crs`` (None = lon/lat) to ground metres in one vectorized pass.
+
+    Raises GeodataError when the coordinates cannot be what the CRS says (lon/lat out of range, or
+    data hundreds of km from the map), which is what a missing or wrong ``.prj``/``crs`` looks like.
+    """
+    geoms = shapely.force_2d(np.asarray(geoms, dtype=object))
+    if len(geoms) == 0:
+        return geoms
+    if src_crs is None or src_crs.is_geographic:
+        xmin, ymin, xmax, ymax = shapely.total_bounds(geoms)
+        if not (-180 <= xmin <= xmax <= 180 and -90 <= ymin <= ymax <= 90):
+            raise GeodataError(
+                f"{source}: coordinates span x {xmin:.6g}..{xmax:.6g}, y {ymin:.6g}..{ymax:.6g}, which are not "
+                f"longitude/latitude although the file declares {src_crs.to_string() if src_crs else 'no CRS'}; "
+                "declare the file's real CRS (e.g. a .prj with EPSG:2263) or reproject it to EPSG:4326"
+            )
+    out = shapely.transform(geoms, _lnglat_fn(geometry, src_crs))
+    xmin, ymin, xmax, ymax = shapely.total_bounds(out)
+    if not np.isfinite([xmin, ymin, xmax, ymax]).all():
+        raise GeodataError(f"{source}: coordinates cannot be projected from {src_crs}; check the file's CRS")
+    # Distance from the seed (ground origin) to the data's bounding box.
+    dx = max(xmin, 0.0, -xmax)
+    dy = max(ymin, 0.0, -ymax)
+    dist = math.hypot(dx, dy)
+    if dist > MAX_DISTANCE_FROM_SEED_M:
+        s = geometry.config.seed
+        raise GeodataError(
+            f"{source}: the data lies {dist / 1000:.0f} km from the map seed ({s.lat}, {s.lng}); "
+            "either the file's CRS is wrong or it covers another place than this map"
+        )
+    return out
+
+
+# --- attribute columns ------------------------------------------------------------------------------
+def _norm(name: str) -> str:
+    return name.strip().lower().replace(":", "_")
+
+
+class Columns:
+    """Attribute columns with case-insensitive lookup by a list of candidate names."""
+
+    def __init__(self, columns: Mapping[str, Sequence[Any]], n: int) -> None:
+        self.n = n
+        self._cols: dict[str, Sequence[Any]] = {}
+        for name, values in columns.items():
+            self._cols.setdefault(_norm(name), values)
+
+    def names(self) -> list[str]:
+        return list(self._cols)
+
+    def has(self, *names: str) -> bool:
+        return any(_norm(n) in self._cols for n in names)
+
+    def get(self, name: str) -> Sequence[Any] | None:
+        return self._cols.get(_norm(name))
+
+    def first(self, names: Sequence[str], i: int) -> Any:
+        """Value of row ``i`` in the first candidate column that has a non-empty value there."""
+        for name in names:
+            col = self._cols.get(_norm(name))
+            if col is not None:
+                v = col[i]
+                if not _is_null(v):
+                    return v
+        return None
+
+
+def _is_null(v: Any) -> bool:
+    if v is None:
+        return True
+    if isinstance(v, float) and math.isnan(v):
+        return True
+    return isinstance(v, str) and v.strip() == ""
+
+
+_LENGTH_RE = re.compile(
+    r"""^\s*~?\s*(?P<num>[+-]?(?:\d+(?:[.,]\d*)?|[.,]\d+))\s*
+        (?P<unit>m|meters?|metres?|ft|feet|foot|'|’)?\s*
+        (?:(?P<inch>\d+(?:\.\d*)?)\s*(?:"|”|in|inch|inches))?\s*$""",
+    re.IGNORECASE | re.VERBOSE,
+)
+
+
+def parse_length(value: Any, *, unit: str = "m") -> float | None:
+    """Parse a length into metres: numbers in ``unit`` ('m' or 'ft'), or strings like "30 m",
+    "100 ft", "12.5", "12'6\"" (OSM style). Returns None for missing, unparseable, NaN or ≤ 0 values
+    (0 means "unknown" in DOITT and OSM data, never "flat")."""
+    if _is_null(value) or isinstance(value, bool):
+        return None
+    factor = FEET if unit == "ft" else 1.0
+    if isinstance(value, int | float | np.integer | np.floating):
+        v = float(value) * factor
+        return v if math.isfinite(v) and v > 0 else None
+    text = str(value).split(";")[0]  # OSM multi-values: the first is the main one
+    m = _LENGTH_RE.match(text)
+    if m is None:
+        return None
+    num = float(m["num"].replace(",", "."))
+    u = (m["unit"] or "").lower()
+    if u in ("ft", "feet", "foot", "'", "’"):
+        v = num * FEET + (float(m["inch"]) * 0.0254 if m["inch"] else 0.0)
+    elif u:
+        v = num
+    else:
+        v = num * factor
+    return v if math.isfinite(v) and v > 0 else None
+
+
+def parse_number(value: Any) -> float | None:
+    if _is_null(value) or isinstance(value, bool):
+        return None
+    try:
+        v = float(str(value).split(";")[0].strip().replace(",", "."))
+    except ValueError:
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _text(value: Any) -> str | None:
+    if _is_null(value):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+# --- geometry repair ----------------------------------------------------------------------------------
+def polygonal(geom: BaseGeometry | None) -> Polygon | MultiPolygon | None:
+    """Keep only the polygonal parts of ``geom`` (after make_valid), or None if nothing remains."""
+    if geom is None or geom.is_empty:
+        return None
+    if isinstance(geom, Polygon):
+        return geom
+    if isinstance(geom, MultiPolygon):
+        return geom.geoms[0] if len(geom.geoms) == 1 else geom
+    polys: list[Polygon] = []
+    for part in shapely.get_parts(geom):
+        if isinstance(part, Polygon) and not part.is_empty:
+            polys.append(part)
+        elif isinstance(part, MultiPolygon):
+            polys.extend(p for p in part.geoms if not p.is_empty)
+    if not polys:
+        return None
+    return polys[0] if len(polys) == 1 else MultiPolygon(polys)
+
+
+def repair_polygons(geoms: np.ndarray, ids: Sequence[str], report: ReadReport, what: str) -> list:
+    """Make invalid polygons valid (keeping polygonal parts); None for those that end up empty."""
+    geoms = np.asarray(geoms, dtype=object)
+    out: list[Polygon | MultiPolygon | None] = [None] * len(geoms)
+    valid = shapely.is_valid(geoms)
+    for i, g in enumerate(geoms):
+        if g is None:
+            poly = None
+        elif valid[i]:
+            poly = polygonal(g)
+        else:
+            poly = polygonal(shapely.make_valid(g))
+            report.repaired += 1
+        if poly is None or poly.area < MIN_POLYGON_AREA_M2:
+            report.dropped_empty.append(ids[i])
+            report.warn(f"dropped {what} {ids[i]}: its geometry is empty or has no area (< {MIN_POLYGON_AREA_M2} m²)")
+            poly = None
+        out[i] = poly
+    return out
+
+
+def unique_ids(raw: Sequence[str | None], prefix: str) -> list[str]:
+    """Feature ids: the source id where there is one, ``prefix:row`` otherwise; duplicates get '#n'."""
+    seen: dict[str, int] = {}
+    out = []
+    for i, r in enumerate(raw):
+        base = r if r else f"{prefix}:{i}"
+        k = seen.get(base, 0)
+        seen[base] = k + 1
+        out.append(base if k == 0 else f"{base}#{k}")
+    return out
+
+
+def row_ids(cols: Columns, prefix: str) -> list[str]:
+    return unique_ids([_text(cols.first(ID_FIELDS, i)) for i in range(cols.n)], prefix)
+
+
+# --- normalization per kind -------------------------------------------------------------------------
+def building_height(cols: Columns, i: int) -> tuple[float, float, bool]:
+    """(height_m, base_m, estimated) for row ``i`` from whatever height fields the source has."""
+    height = None
+    for name in HEIGHT_M_FIELDS:
+        height = parse_length(cols.first((name,), i), unit="m")
+        if height is not None:
+            break
+    if height is None:
+        for name in HEIGHT_FT_FIELDS:
+            height = parse_length(cols.first((name,), i), unit="ft")
+            if height is not None:
+                break
+    base = None
+    for name in BASE_M_FIELDS:
+        base = parse_length(cols.first((name,), i), unit="m")
+        if base is not None:
+            break
+    if base is None:
+        min_level = parse_number(cols.first(MIN_LEVEL_FIELDS, i))
+        base = min_level * LEVEL_HEIGHT_M if min_level and min_level > 0 else 0.0
+    if height is not None:
+        return height, base, False
+    levels = parse_number(cols.first(LEVELS_FIELDS, i))
+    est = levels * LEVEL_HEIGHT_M if levels and levels > 0 else DEFAULT_UNKNOWN_HEIGHT_M
+    # A part that starts high up (min_height) still needs some volume of its own.
+    return max(est, base + LEVEL_HEIGHT_M), base, True
+
+
+def is_placeholder(cols: Columns, i: int) -> bool:
+    code = parse_number(cols.first(FEATURE_CODE_FIELDS, i))
+    return code is not None and int(code) == PLACEHOLDER_FEATURE_CODE
+
+
+def make_buildings(
+    geoms: Sequence[BaseGeometry | None],
+    cols: Columns,
+    ids: Sequence[str],
+    report: ReadReport,
+    *,
+    source: str,
+    skip_placeholders: bool = True,
+    rows: Sequence[int] | None = None,
+) -> list[Building]:
+    """Buildings from ground-metre geometries and their attribute rows (``rows[k]`` is the row of
+    ``geoms[k]``; default 0..n-1)."""
+    rows = range(len(geoms)) if rows is None else rows
+    keep_rows, keep_geoms, keep_ids = [], [], []
+    for g, r in zip(geoms, rows, strict=True):
+        if skip_placeholders and is_placeholder(cols, r):
+            report.skipped_placeholders += 1
+            continue
+        keep_rows.append(r)
+        keep_geoms.append(g)
+        keep_ids.append(ids[r])
+    fixed = repair_polygons(np.asarray(keep_geoms, dtype=object), keep_ids, report, "building")
+    out: list[Building] = []
+    for g, r, bid in zip(fixed, keep_rows, keep_ids, strict=True):
+        if g is None:
+            continue
+        height, base, estimated = building_height(cols, r)
+        if base >= height:
+            report.warn(
+                f"building {bid}: base {base:.1f} m is not below its roof {height:.1f} m; base set to 0"
+            )
+            base = 0.0
+        report.heights_estimated += estimated
+        out.append(
+            Building(
+                id=bid,
+                footprint=g,
+                height_m=round(height, 3),
+                base_m=round(base, 3),
+                height_estimated=estimated,
+                source=source,
+                name=_text(cols.first(NAME_FIELDS, r)),
+            )
+        )
+    if report.skipped_placeholders:
+        report.warn(f"skipped {report.skipped_placeholders} placeholder footprint(s) (feature_code 1003)")
+    report.buildings += len(out)
+    return out
+
+
+def park_kind(cols: Columns, i: int, default: str = "park") -> str:
+    for name in ("kind", "leisure", "landuse"):
+        v = _text(cols.first((name,), i))
+        if v and v.lower() in PARK_VALUES:
+            return v.lower()
+    return default
+
+
+def make_parks(
+    geoms: Sequence[BaseGeometry | None],
+    cols: Columns,
+    ids: Sequence[str],
+    report: ReadReport,
+    *,
+    rows: Sequence[int] | None = None,
+) -> list[Park]:
+    rows = list(range(len(geoms)) if rows is None else rows)
+    pids = [ids[r] for r in rows]
+    fixed = repair_polygons(np.asarray(list(geoms), dtype=object), pids, report, "park")
+    out = [
+        Park(id=pid, geometry=g, kind=park_kind(cols, r), name=_text(cols.first(NAME_FIELDS, r)))
+        for g, r, pid in zip(fixed, rows, pids, strict=True)
+        if g is not None
+    ]
+    report.parks += len(out)
+    return out
+
+
+def road_width(kind: str, width: Any = None, lanes: Any = None) -> float:
+    w = parse_length(width, unit="m")
+    if w is not None and w < 100:
+        return w
+    n = parse_number(lanes)
+    if n and 0 < n < 20:
+        return n * LANE_WIDTH_M + 2.0
+    return ROAD_WIDTH_M.get(kind, DEFAULT_ROAD_WIDTH_M)
+
+
+def make_roads(
+    geoms: Sequence[BaseGeometry | None],
+    cols: Columns,
+    ids: Sequence[str],
+    report: ReadReport,
+    *,
+    rows: Sequence[int] | None = None,
+) -> list[Road]:
+    rows = list(range(len(geoms)) if rows is None else rows)
+    out: list[Road] = []
+    for g, r in zip(geoms, rows, strict=True):
+        if g is None or g.is_empty:
+            report.dropped_empty.append(ids[r])
+            report.warn(f"dropped road {ids[r]}: empty geometry")
+            continue
+        kind = (_text(cols.first(("highway", "kind"), r)) or "road").lower()
+        if kind in IGNORED_HIGHWAYS:
+            report.ignored += 1
+            continue
+        if g.geom_type in ("Polygon", "MultiPolygon"):
+            g = polygonal(g if g.is_valid else shapely.make_valid(g))
+            if g is None:
+                report.dropped_empty.append(ids[r])
+                continue
+        out.append(
+            Road(
+                id=ids[r],
+                geometry=g,
+                kind=kind,
+                width_m=road_width(kind, cols.first(WIDTH_FIELDS, r), cols.first(LANES_FIELDS, r)),
+                name=_text(cols.first(NAME_FIELDS, r)),
+            )
+        )
+    report.roads += len(out)
+    return out
+
+
+def filter_to_window(geoms: np.ndarray, window: BaseGeometry | None) -> np.ndarray:
+    """Boolean mask of geometries that intersect ``window`` (all True when there is no window)."""
+    if window is None:
+        return np.ones(len(geoms), dtype=bool)
+    shapely.prepare(window)
+    return np.asarray(shapely.intersects(window, geoms), dtype=bool) & ~shapely.is_missing(geoms)

@@ -1,0 +1,157 @@
+"""One deployment's objects, built from a ``ProjectConfig``: geometry, bounds, plan, store, city, renderer.
+
+Shared by the CLI and the Dagster resources so both run exactly the same code path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import pickle
+import tempfile
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from shapely import affinity
+from shapely.geometry import Polygon
+
+from .bounds import QuadrantSet, load_bounds, quadrants_for_bounds
+from .config import ProjectConfig, load_project_config
+from .geometry import MapGeometry
+
+if TYPE_CHECKING:
+    from .geodata.model import City
+    from .plan import LatticePlan
+    from .render import Renderer
+    from .store.base import TileStore
+
+log = logging.getLogger(__name__)
+
+#: Ground metres to load beyond the bounds toward the camera: a building this tall standing that far in front of the
+#: bounds still reaches into them on screen (45° camera: ground offset = height). One WTC's spire is 541 m.
+TALL_BUILDING_MARGIN_M = 600.0
+#: Ground metres to load beyond the bounds on the other sides (walls, parks and roads at the edges).
+EDGE_MARGIN_M = 80.0
+
+CONFIG_ENV = "ISONYC_CONFIG"
+
+
+class Project:
+    """Lazily built objects of one deployment."""
+
+    def __init__(self, config: ProjectConfig) -> None:
+        self.config = config
+
+    @classmethod
+    def from_env(cls) -> Project:
+        """The project of ``$ISONYC_CONFIG`` (a TOML/JSON file), or the embedded offline default."""
+        return cls(load_project_config(os.environ.get(CONFIG_ENV) or None))
+
+    @cached_property
+    def geometry(self) -> MapGeometry:
+        return MapGeometry(self.config.map)
+
+    @cached_property
+    def bounds_lnglat(self):
+        return load_bounds(self.config.bounds)
+
+    @cached_property
+    def quadrants(self) -> QuadrantSet:
+        return quadrants_for_bounds(self.geometry, self.bounds_lnglat)
+
+    @cached_property
+    def plan(self) -> LatticePlan:
+        from .plan import LatticePlan
+
+        return LatticePlan.from_quadrants(self.quadrants.keys)
+
+    @cached_property
+    def store(self) -> TileStore:
+        from .store import open_store
+
+        return open_store(self.config.store)
+
+    # --- geodata ---------------------------------------------------------------------------------
+    def city_window(self) -> Polygon:
+        """Ground polygon (metres) of everything that can appear in the bounds' quadrants."""
+        return ground_window(self.geometry, self.quadrants.bbox)
+
+    def _city_key(self) -> str:
+        parts = {
+            "map": self.config.map.model_dump(mode="json"),
+            "bounds": self.config.bounds,
+            "sources": [(s, _mtime(s)) for s in self.config.geodata],
+            "bounds_mtime": _mtime(self.config.bounds),
+            "format": 1,
+        }
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def city_cache_path(self) -> Path:
+        return Path(self.config.cache_dir) / f"city-{self._city_key()}.pkl"
+
+    def city(self, *, rebuild: bool = False) -> City:
+        """The prepared city for the bounds: from the local cache, or loaded from the sources and cached."""
+        cached = self.__dict__.get("_city")
+        if cached is not None and not rebuild:
+            return cached
+        path = self.city_cache_path
+        city = None
+        if path.exists() and not rebuild:
+            try:
+                city = pickle.loads(path.read_bytes())
+            except Exception as e:  # a stale or truncated cache is rebuilt, never trusted
+                log.warning("ignoring unreadable geodata cache %s: %s", path, e)
+        if city is None:
+            from .geodata.load import load_city
+
+            city = load_city(self.geometry, self.config.geodata, window=self.city_window())
+            _atomic_write(path, pickle.dumps(city, protocol=pickle.HIGHEST_PROTOCOL))
+        self.__dict__["_city"] = city
+        self.__dict__.pop("renderer", None)
+        return city
+
+    @cached_property
+    def renderer(self) -> Renderer:
+        from .render import Renderer
+
+        return Renderer(self.city(), self.geometry)
+
+
+def ground_window(geometry: MapGeometry, bbox: tuple[int, int, int, int]) -> Polygon:
+    """Ground rectangle (metres) holding every feature that can appear in the inclusive quadrant bbox.
+
+    It reaches ``TALL_BUILDING_MARGIN_M`` toward the camera (down the screen) and ``EDGE_MARGIN_M`` elsewhere.
+    """
+    x0, y0, x1, y1 = bbox
+    g = geometry
+    margin = EDGE_MARGIN_M * g.ground_depth_px_per_m
+    down = TALL_BUILDING_MARGIN_M * g.ground_depth_px_per_m
+    px0, py0 = x0 * g.q - margin, y0 * g.q - margin
+    px1, py1 = (x1 + 1) * g.q + margin, (y1 + 1) * g.q + down
+    rect = Polygon([(px0, py0), (px1, py0), (px1, py1), (px0, py1)])
+    return affinity.affine_transform(rect, g.pixel_to_ground_affine)
+
+
+def _mtime(p: str) -> float | None:
+    try:
+        return os.stat(p).st_mtime
+    except OSError:
+        return None
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

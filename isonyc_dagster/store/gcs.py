@@ -1,0 +1,677 @@
+"""Tile store on Google Cloud Storage: content-addressed blobs + a transaction log as the index.
+
+Layout under ``gs://bucket/prefix/``::
+
+    blobs/ab/cd/<sha256>.<ext>           immutable bytes, created with ifGenerationMatch=0
+    log/000000000001.json                one object per committed transaction (create-only, never changed)
+    checkpoints/000000001000.sqlite.gz   snapshot of the index after that log entry (a cold-start shortcut)
+
+Log entries up to the newest checkpoint may be deleted (e.g. by a bucket lifecycle rule) to bound the
+log; readers that need them start from the checkpoint instead.
+
+Why a log. The index needs multi-tile all-or-nothing commits, contiguous version numbers under
+concurrent writers, exactly one active version per tile, and fast bbox / many-key queries over ~50k
+quadrants. GCS has atomic single-object writes and preconditions but no multi-object transactions, and
+listing 50k small pointer objects per map read would be slow. So the index is an append-only log, the
+same design Delta Lake uses on object stores: each ``put_tiles`` / ``activate`` / ``set_flags`` is ONE
+JSON object at the next sequence number, created with ``ifGenerationMatch=0`` (create-if-absent). Of
+several concurrent writers exactly one wins a sequence number; the others get HTTP 412, catch up and
+retry on top of the winner. One object = one transaction, so a commit is all-or-nothing, and a crash
+before the log object exists leaves only unreferenced blobs (invisible).
+
+Reads are answered from a local SQLite replica of the log (the same schema and queries as
+:class:`~isonyc_dagster.store.local.LocalTileStore`), brought up to date before each read by listing
+log objects after the last applied one (one request when nothing is new; ``max_staleness_s`` trades
+freshness for fewer requests). Version numbers are decided by the writer against a replica that is
+exactly at the previous sequence number, so replaying the log in order reproduces them; replay checks
+this. The replica lives in a cache directory and may be shared by processes on one host (SQLite locking;
+an entry is applied once). Every ``checkpoint_every`` commits the writer uploads a gzip'd snapshot so a
+new machine downloads one file and replays at most that many log entries instead of the whole history.
+
+Credentials come from the environment (Application Default Credentials); ``STORAGE_EMULATOR_HOST``
+points the client at an emulator with anonymous credentials; or pass ``client=``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import sqlite3
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from google.api_core import exceptions as gexc
+from google.cloud import storage
+
+from ._png import (
+    PreparedWrite,
+    canonical_json,
+    check_ext,
+    check_key,
+    check_sha,
+    prepare_writes,
+    sha256_hex,
+    validate_png,
+)
+from .base import QuadrantFlags, StoreError, TileStore, TileVersion, TileWrite, Water
+from .local import SCHEMA_VERSION, SqliteIndex, check_bbox, check_flag_args
+
+log = logging.getLogger(__name__)
+
+LOG_FORMAT = 1
+_SEQ_DIGITS = 12
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9_.\-]{1,220}[a-z0-9]$")
+_CONTENT_TYPES = {"png": "image/png", "json": "application/json", "npz": "application/octet-stream"}
+_TABLES = ("tile_versions", "active_tiles", "quadrant_flags", "replica_log")  # insert order (foreign keys)
+T = TypeVar("T")
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "isonyc-dagster" / "gcs-index"
+
+
+def parse_gs_uri(uri: str) -> tuple[str, str]:
+    """``gs://bucket/some/prefix`` → ``("bucket", "some/prefix")``; ``StoreError`` on anything else."""
+    if not isinstance(uri, str) or not uri.startswith("gs://"):
+        raise StoreError(f"not a GCS URI: {uri!r}; expected gs://bucket/prefix")
+    bucket, _, prefix = uri[5:].partition("/")
+    return bucket, prefix
+
+
+class GCSTileStore(TileStore):
+    """Tile store in a GCS bucket (see the module docstring for the design and guarantees)."""
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        client: storage.Client | None = None,
+        cache_dir: str | Path | None = None,
+        tile_size: tuple[int, int] | None = None,
+        max_staleness_s: float = 0.0,
+        checkpoint_every: int = 1000,
+        keep_checkpoints: int = 2,
+        workers: int = 8,
+        max_commit_attempts: int = 200,
+    ) -> None:
+        if not isinstance(bucket, str) or not _BUCKET_RE.match(bucket) or ".." in bucket:
+            raise StoreError(
+                f"invalid GCS bucket name {bucket!r}: 3-222 characters from lowercase letters, digits, '-', '_', '.'"
+            )
+        prefix = (prefix or "").strip("/")
+        if any(part in ("", ".", "..") for part in prefix.split("/")) and prefix:
+            raise StoreError(f"invalid object prefix {prefix!r}: no empty, '.' or '..' path segments")
+        self.bucket_name = bucket
+        self.prefix = f"{prefix}/" if prefix else ""
+        self.uri = f"gs://{bucket}/{prefix}".rstrip("/")
+        if tile_size is not None:
+            self.tile_size = tuple(tile_size)  # type: ignore[assignment]
+        self.max_staleness_s = float(max_staleness_s)
+        self.checkpoint_every = int(checkpoint_every)
+        self.keep_checkpoints = max(1, int(keep_checkpoints))
+        self.workers = max(1, int(workers))
+        self.max_commit_attempts = int(max_commit_attempts)
+
+        self._given_client = client
+        self._client: storage.Client | None = client
+        self._client_pid = os.getpid()
+
+        key = hashlib.sha256(self.uri.encode()).hexdigest()[:16]
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else _default_cache_dir() / key
+        self._index = SqliteIndex(self.cache_dir / "index.sqlite")
+        with self._index.transaction() as c:
+            where = self._index.meta_get("gcs.location", c)
+            if where is None:
+                self._index.meta_set(c, "gcs.location", self.uri)
+            elif where != self.uri:
+                raise StoreError(
+                    f"cache dir {self.cache_dir} holds the index replica of {where}, not {self.uri}; "
+                    "use a separate cache_dir per store"
+                )
+
+        self._sync_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._sync_started = -1.0
+        self._synced_at = -float("inf")
+        self._verified = False
+
+    @classmethod
+    def from_uri(cls, uri: str, **kwargs: Any) -> GCSTileStore:
+        """Open ``gs://bucket/prefix``; keyword arguments as for the constructor."""
+        bucket, prefix = parse_gs_uri(uri)
+        return cls(bucket, prefix, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"GCSTileStore({self.uri!r})"
+
+    # --- GCS plumbing ------------------------------------------------------------------------------
+    @property
+    def client(self) -> storage.Client:
+        # Google's guidance: create clients after fork. A client we built ourselves is rebuilt in a child.
+        if self._client is None or (self._given_client is None and self._client_pid != os.getpid()):
+            try:
+                self._client = storage.Client()
+            except Exception as exc:  # google.auth raises several unrelated types for "no credentials"
+                raise StoreError(
+                    f"cannot create a GCS client for {self.uri}: {type(exc).__name__}: {exc}. Configure "
+                    "Application Default Credentials (GOOGLE_APPLICATION_CREDENTIALS or gcloud auth), or set "
+                    "STORAGE_EMULATOR_HOST for an emulator"
+                ) from exc
+            self._client_pid = os.getpid()
+        return self._client
+
+    @property
+    def _bucket(self) -> storage.Bucket:
+        return self.client.bucket(self.bucket_name)
+
+    @contextlib.contextmanager
+    def _gcs(self, what: str) -> Iterator[None]:
+        """Turn GCS API failures (after the client's own retries) into ``StoreError``s naming the object."""
+        try:
+            yield
+        except (gexc.PreconditionFailed, StoreError):
+            raise
+        except gexc.NotFound as exc:
+            raise StoreError(
+                f"{what}: not found in gs://{self.bucket_name} ({exc.message}); does the bucket exist?"
+            ) from exc
+        except gexc.GoogleAPICallError as exc:
+            raise StoreError(f"{what} failed on {self.uri}: HTTP {exc.code} {exc.message}") from exc
+        except (OSError, gexc.RetryError) as exc:
+            raise StoreError(f"{what} failed on {self.uri}: {type(exc).__name__}: {exc}") from exc
+
+    def _create(self, name: str, data: bytes, content_type: str) -> bool:
+        """Create object ``name`` unless it exists; True if this call created it.
+
+        ifGenerationMatch=0 also makes the upload safe for the client to retry on transient errors.
+        """
+        try:
+            with self._gcs(f"upload of {name}"):
+                self._bucket.blob(name).upload_from_string(
+                    data, content_type=content_type, if_generation_match=0
+                )
+        except gexc.PreconditionFailed:
+            return False
+        return True
+
+    def _download(self, name: str) -> bytes | None:
+        try:
+            return self._bucket.blob(name).download_as_bytes()
+        except gexc.NotFound:
+            return None
+        except gexc.GoogleAPICallError as exc:
+            raise StoreError(
+                f"download of {name} failed on {self.uri}: HTTP {exc.code} {exc.message}"
+            ) from exc
+
+    def _list(self, prefix: str, start_offset: str | None = None) -> list[str]:
+        with self._gcs(f"listing of {prefix}"):
+            blobs = self.client.list_blobs(
+                self.bucket_name, prefix=prefix, start_offset=start_offset, fields="items(name),nextPageToken"
+            )
+            return [b.name for b in blobs]
+
+    def _parallel(self, fn: Callable[[Any], T], items: Sequence[Any]) -> list[T]:
+        if len(items) <= 1 or self.workers == 1:
+            return [fn(i) for i in items]
+        with ThreadPoolExecutor(min(self.workers, len(items))) as pool:
+            return list(pool.map(fn, items))
+
+    # --- blobs -------------------------------------------------------------------------------------
+    def _blob_name(self, sha256: str, ext: str) -> str:
+        return f"{self.prefix}blobs/{sha256[:2]}/{sha256[2:4]}/{sha256}.{ext}"
+
+    def _find_blob(self, sha256: str) -> str | None:
+        check_sha(sha256)
+        name = self._blob_name(sha256, "png")
+        with self._gcs(f"lookup of {name}"):
+            if self._bucket.blob(name).exists():
+                return name
+        others = self._list(self._blob_name(sha256, ""))
+        return others[0] if others else None
+
+    def put_blob(self, data: bytes, *, ext: str = "png") -> str:
+        check_ext(ext)
+        data = bytes(data)
+        if ext == "png":
+            validate_png(data, expect_size=None, what="blob")
+        sha = sha256_hex(data)
+        self._create(self._blob_name(sha, ext), data, _CONTENT_TYPES.get(ext, "application/octet-stream"))
+        return sha
+
+    def get_blob(self, sha256: str) -> bytes:
+        check_sha(sha256)
+        data = self._download(self._blob_name(sha256, "png"))
+        if data is None:
+            name = self._find_blob(sha256)
+            data = None if name is None else self._download(name)
+        if data is None:
+            raise StoreError(
+                f"blob {sha256} not found under {self.uri}/blobs; was it written to another store?"
+            )
+        return data
+
+    def has_blob(self, sha256: str) -> bool:
+        return self._find_blob(sha256) is not None
+
+    def uri_for_blob(self, sha256: str) -> str:
+        """``gs://`` URI of a blob (for exporters that copy objects server-side); ``StoreError`` if unknown."""
+        name = self._find_blob(sha256)
+        if name is None:
+            raise StoreError(f"blob {sha256} not found under {self.uri}/blobs")
+        return f"gs://{self.bucket_name}/{name}"
+
+    # --- the log -----------------------------------------------------------------------------------
+    def _log_name(self, seq: int) -> str:
+        return f"{self.prefix}log/{seq:0{_SEQ_DIGITS}d}.json"
+
+    def _checkpoint_name(self, seq: int) -> str:
+        return f"{self.prefix}checkpoints/{seq:0{_SEQ_DIGITS}d}.sqlite.gz"
+
+    def _seq_of(self, name: str, kind: str) -> int | None:
+        stem = name[len(f"{self.prefix}{kind}/") :].split(".", 1)[0]
+        return int(stem) if stem.isdigit() else None
+
+    def _applied(self, c: sqlite3.Connection | None = None) -> int:
+        return int(self._index.meta_get("gcs.seq", c) or 0)
+
+    def _fetch_record(self, seq: int) -> dict[str, Any] | None:
+        data = self._download(self._log_name(seq))
+        if data is None:
+            return None
+        try:
+            rec = json.loads(data)
+        except ValueError as exc:
+            raise StoreError(
+                f"log entry {self._log_name(seq)} is not JSON ({exc}); the index log is damaged"
+            ) from exc
+        if not isinstance(rec, dict) or rec.get("seq") != seq or not isinstance(rec.get("ops"), list):
+            raise StoreError(f"log entry {self._log_name(seq)} is malformed; the index log is damaged")
+        if rec.get("format") != LOG_FORMAT:
+            raise StoreError(
+                f"log entry {self._log_name(seq)} has format {rec.get('format')!r}; this code reads format "
+                f"{LOG_FORMAT}: upgrade isonyc-dagster"
+            )
+        return rec
+
+    def _apply_records(self, records: Iterable[dict[str, Any]]) -> None:
+        """Apply log records in order to the replica, in one transaction; already-applied ones are skipped."""
+        with self._index.transaction() as c:
+            applied = self._applied(c)
+            for rec in records:
+                seq = rec["seq"]
+                if seq <= applied:
+                    continue
+                if seq != applied + 1:
+                    raise StoreError(
+                        f"index log gap on {self.uri}: replica at {applied}, next entry is {seq}"
+                    )
+                for op in rec["ops"]:
+                    self._apply_op(c, op, rec)
+                c.execute(
+                    "INSERT INTO replica_log (seq, txn, applied_at) VALUES (?, ?, ?)",
+                    (seq, rec["txn"], time.time()),
+                )
+                applied = seq
+            self._index.meta_set(c, "gcs.seq", str(applied))
+
+    def _apply_op(self, c: sqlite3.Connection, op: dict[str, Any], rec: dict[str, Any]) -> None:
+        kind = op.get("op")
+        if kind == "put":
+            row = c.execute(
+                "SELECT max(version) FROM tile_versions WHERE layer = ? AND x = ? AND y = ?",
+                (op["layer"], op["x"], op["y"]),
+            ).fetchone()
+            if (row[0] or 0) + 1 != op["version"]:
+                raise StoreError(
+                    f"index log entry {rec['seq']} on {self.uri} adds version {op['version']} of "
+                    f"{op['layer']} ({op['x']},{op['y']}) but the replica has {row[0] or 0}; the log is damaged"
+                )
+            prov = canonical_json(op["provenance"], what=f"log entry {rec['seq']}")
+            self._index.insert_version(
+                c, op["layer"], op["x"], op["y"], op["version"], op["sha256"], rec["created_at"], prov
+            )
+        elif kind == "activate":
+            self._index.check_version(c, op["layer"], op["x"], op["y"], op["version"])
+            self._index.set_active(c, op["layer"], op["x"], op["y"], op["version"])
+        elif kind == "flags":
+            water = None if op.get("water") is None else Water(op["water"])
+            self._index.merge_flags(
+                c,
+                op["x"],
+                op["y"],
+                water=water,
+                starred=op.get("starred"),
+                flagged=op.get("flagged"),
+                reference=op.get("reference"),
+            )
+        else:
+            raise StoreError(
+                f"index log entry {rec['seq']} on {self.uri} has unknown op {kind!r}; upgrade isonyc-dagster"
+            )
+
+    def refresh(self) -> int:
+        """Bring the local replica up to date with the log now; returns the applied sequence number."""
+        self._sync(force=True)
+        return self._applied()
+
+    def _sync(self, *, force: bool = False) -> None:
+        requested = time.monotonic()
+        if not force and requested - self._synced_at < self.max_staleness_s:
+            return
+        with self._sync_lock:
+            # A sync that started after this request already covers every commit made before it.
+            if self._sync_started >= requested:
+                return
+            self._sync_started = time.monotonic()
+            if not self._verified:
+                self._verify_replica()
+                self._verified = True
+            self._catch_up()
+            self._synced_at = self._sync_started
+
+    def _catch_up(self) -> None:
+        applied = self._applied()
+        seqs = sorted(
+            s
+            for s in (
+                self._seq_of(n, "log") for n in self._list(f"{self.prefix}log/", self._log_name(applied + 1))
+            )
+            if s is not None and s > applied
+        )
+        if not seqs:
+            return
+        # Far behind (a new machine) or the entries we need were compacted away: start from a snapshot.
+        far_behind = len(seqs) > self.checkpoint_every > 0
+        if (far_behind or seqs[0] != applied + 1) and self._load_checkpoint():
+            applied = self._applied()
+            seqs = [s for s in seqs if s > applied]
+        # A writer only takes n+1 after n exists, so a gap means entries were deleted with no snapshot
+        # covering them.
+        if seqs and seqs[0] != applied + 1:
+            raise StoreError(
+                f"index log on {self.uri} is missing entries {applied + 1}..{seqs[0] - 1} and no checkpoint "
+                "covers them; log entries may only be deleted up to the newest checkpoint"
+            )
+        for i in range(0, len(seqs), 1000):
+            chunk = seqs[i : i + 1000]
+            records = self._parallel(self._fetch_record, chunk)
+            if any(r is None for r in records):
+                raise StoreError(
+                    f"index log entry vanished on {self.uri} while reading; log objects must not be deleted"
+                )
+            self._apply_records(records)  # type: ignore[arg-type]
+
+    def _verify_replica(self) -> None:
+        """Drop a cached replica that does not match the bucket (bucket wiped or recreated)."""
+        applied = self._applied()
+        if applied == 0:
+            return
+        row = self._index.conn().execute("SELECT txn FROM replica_log WHERE seq = ?", (applied,)).fetchone()
+        rec = self._fetch_record(applied)
+        if row is not None and rec is not None and rec.get("txn") == row[0]:
+            return
+        log.warning(
+            "index replica %s does not match %s; rebuilding it from the bucket", self.cache_dir, self.uri
+        )
+        with self._index.transaction() as c:
+            for table in reversed(_TABLES):
+                c.execute(f"DELETE FROM {table}")
+            self._index.meta_set(c, "gcs.seq", "0")
+
+    # --- checkpoints -------------------------------------------------------------------------------
+    def checkpoint(self) -> int:
+        """Upload a snapshot of the index at the current head; returns its sequence number."""
+        self._sync(force=True)
+        with tempfile.TemporaryDirectory(dir=self.cache_dir) as td:
+            snap = Path(td) / "snapshot.sqlite"
+            self._index.conn().execute("VACUUM INTO ?", (str(snap),))
+            with contextlib.closing(sqlite3.connect(snap)) as s:
+                seq = int(s.execute("SELECT value FROM meta WHERE key = 'gcs.seq'").fetchone()[0])
+            if seq > 0:
+                self._create(
+                    self._checkpoint_name(seq), gzip.compress(snap.read_bytes(), 6), "application/gzip"
+                )
+        names = sorted(n for n in self._list(f"{self.prefix}checkpoints/") if self._seq_of(n, "checkpoints"))
+        for name in names[: -self.keep_checkpoints]:
+            with contextlib.suppress(gexc.NotFound):
+                self._bucket.blob(name).delete()
+        return seq
+
+    def _load_checkpoint(self) -> bool:
+        """Replace the replica with the newest checkpoint if it is ahead; False if there is none usable."""
+        names = sorted(n for n in self._list(f"{self.prefix}checkpoints/") if self._seq_of(n, "checkpoints"))
+        if not names:
+            return False
+        seq = self._seq_of(names[-1], "checkpoints") or 0
+        if seq <= self._applied():
+            return False
+        data = self._download(names[-1])
+        if data is None:  # pruned between list and download: replaying the log still works
+            return False
+        with tempfile.TemporaryDirectory(dir=self.cache_dir) as td:
+            path = Path(td) / "checkpoint.sqlite"
+            path.write_bytes(gzip.decompress(data))
+            try:
+                with contextlib.closing(sqlite3.connect(path)) as s:
+                    schema = s.execute("SELECT max(version) FROM schema_migrations").fetchone()[0]
+                    meta = dict(s.execute("SELECT key, value FROM meta").fetchall())
+            except sqlite3.DatabaseError as exc:
+                log.warning("ignoring unreadable checkpoint %s: %s", names[-1], exc)
+                return False
+            if (
+                schema != SCHEMA_VERSION
+                or meta.get("gcs.location") != self.uri
+                or meta.get("gcs.seq") != str(seq)
+            ):
+                log.warning(
+                    "ignoring checkpoint %s (schema %s, %s)", names[-1], schema, meta.get("gcs.location")
+                )
+                return False
+            c = self._index.conn()
+            c.execute("ATTACH DATABASE ? AS ckpt", (str(path),))
+            try:
+                with self._index.transaction() as t:
+                    if self._applied(t) >= seq:
+                        return True
+                    for table in reversed(_TABLES):
+                        t.execute(f"DELETE FROM main.{table}")
+                    for table in _TABLES:
+                        t.execute(f"INSERT INTO main.{table} SELECT * FROM ckpt.{table}")
+                    self._index.meta_set(t, "gcs.seq", str(seq))
+            finally:
+                c.execute("DETACH DATABASE ckpt")
+        return True
+
+    # --- commits -----------------------------------------------------------------------------------
+    def _commit(self, build: Callable[[sqlite3.Connection, float], tuple[list[dict[str, Any]], T]]) -> T:
+        """Append one log entry built by ``build(conn, now)`` against the replica at the head.
+
+        ``build`` returns (ops, result); no ops means nothing to write. On a lost race (412) we catch up
+        and rebuild on top of the winner.
+        """
+        txn = uuid.uuid4().hex
+        pending: T | None = None
+        with self._write_lock:  # threads of one process queue here instead of racing each other on GCS
+            for attempt in range(self.max_commit_attempts):
+                self._sync(force=True)
+                c = self._index.conn()
+                c.execute("BEGIN")  # one snapshot: applied seq and the state the ops are computed against
+                try:
+                    applied = self._applied(c)
+                    # A 412 can also be our own upload: the first try landed, its response was lost and
+                    # the client's retry hit the precondition. Then the entry is in the log with our txn.
+                    if c.execute("SELECT 1 FROM replica_log WHERE txn = ?", (txn,)).fetchone():
+                        return pending  # type: ignore[return-value]
+                    now = time.time()
+                    ops, result = build(c, now)
+                finally:
+                    c.execute("COMMIT")
+                if not ops:
+                    return result
+                seq = applied + 1
+                record = {"format": LOG_FORMAT, "seq": seq, "txn": txn, "created_at": now, "ops": ops}
+                body = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+                if self._create(self._log_name(seq), body, "application/json"):
+                    self._apply_records([record])
+                    if self.checkpoint_every > 0 and seq % self.checkpoint_every == 0:
+                        try:
+                            self.checkpoint()
+                        except StoreError as exc:  # only a cold-start shortcut: the log stays authoritative
+                            log.warning("checkpoint at %s failed: %s", seq, exc)
+                    return result
+                pending = result
+                time.sleep(random.uniform(0, min(0.5, 0.01 * 2 ** min(attempt, 6))))
+        raise StoreError(
+            f"could not commit to {self.uri} after {self.max_commit_attempts} attempts: other writers kept "
+            "taking the next log entry; retry later or reduce concurrent writers"
+        )
+
+    # --- tiles -------------------------------------------------------------------------------------
+    def put_tiles(
+        self, writes: Sequence[TileWrite], *, expect_size: tuple[int, int] | None = None
+    ) -> list[TileVersion]:
+        prepared = prepare_writes(writes, expect_size=expect_size or self.tile_size)
+        if not prepared:
+            return []
+        self._parallel(lambda p: self._create(self._blob_name(p.sha256, "png"), p.png, "image/png"), prepared)
+
+        def build(c: sqlite3.Connection, now: float) -> tuple[list[dict[str, Any]], list[TileVersion]]:
+            ops: list[dict[str, Any]] = []
+            out: list[TileVersion] = []
+            for p in prepared:
+                plan = self._index.plan_put(c, p)
+                if isinstance(plan, TileVersion):
+                    out.append(plan)
+                    continue
+                ops.append(_put_op(p, plan))
+                out.append(TileVersion(p.layer, p.x, p.y, plan, p.sha256, now, p.provenance, True))
+            return ops, out
+
+        return self._commit(build)
+
+    def active(self, layer: str, x: int, y: int) -> TileVersion | None:
+        check_key(layer, x, y)
+        self._sync()
+        return self._index.active(layer, x, y)
+
+    def versions(self, layer: str, x: int, y: int) -> list[TileVersion]:
+        check_key(layer, x, y)
+        self._sync()
+        return self._index.versions(layer, x, y)
+
+    def activate(self, layer: str, x: int, y: int, version: int) -> TileVersion:
+        check_key(layer, x, y)
+
+        def build(c: sqlite3.Connection, now: float) -> tuple[list[dict[str, Any]], TileVersion]:
+            self._index.check_version(c, layer, x, y, version)
+            row = c.execute(
+                "SELECT layer, x, y, version, sha256, created_at, provenance FROM tile_versions "
+                "WHERE layer = ? AND x = ? AND y = ? AND version = ?",
+                (layer, x, y, version),
+            ).fetchone()
+            target = TileVersion(row[0], row[1], row[2], row[3], row[4], row[5], json.loads(row[6]), True)
+            cur = self._index.active(layer, x, y, c)
+            if cur is not None and cur.version == version:
+                return [], target
+            return [{"op": "activate", "layer": layer, "x": x, "y": y, "version": version}], target
+
+        return self._commit(build)
+
+    def list_active(self, layer: str, *, bbox: tuple[int, int, int, int] | None = None) -> list[TileVersion]:
+        check_key(layer, 0, 0)
+        bbox = check_bbox(bbox)
+        self._sync()
+        return self._index.list_active(layer, bbox)
+
+    def active_map(self, layer: str, keys: Iterable[tuple[int, int]]) -> dict[tuple[int, int], TileVersion]:
+        check_key(layer, 0, 0)
+        self._sync()
+        return self._index.active_map(layer, keys)
+
+    # --- flags -------------------------------------------------------------------------------------
+    def flags(self, x: int, y: int) -> QuadrantFlags:
+        check_key("flags", x, y)
+        self._sync()
+        return self._index.flags(x, y)
+
+    def set_flags(
+        self,
+        x: int,
+        y: int,
+        *,
+        water: Water | None = None,
+        starred: bool | None = None,
+        flagged: bool | None = None,
+        reference: bool | None = None,
+    ) -> QuadrantFlags:
+        check_key("flags", x, y)
+        water = check_flag_args(water, starred, flagged, reference)
+
+        def build(c: sqlite3.Connection, now: float) -> tuple[list[dict[str, Any]], QuadrantFlags]:
+            cur = self._index.flags(x, y, c)
+            new = QuadrantFlags(
+                x,
+                y,
+                cur.water if water is None else water,
+                cur.starred if starred is None else starred,
+                cur.flagged if flagged is None else flagged,
+                cur.reference if reference is None else reference,
+            )
+            if (
+                new == cur
+                and c.execute("SELECT 1 FROM quadrant_flags WHERE x = ? AND y = ?", (x, y)).fetchone()
+            ):
+                return [], cur
+            op = {
+                "op": "flags",
+                "x": x,
+                "y": y,
+                "water": None if water is None else int(water),
+                "starred": starred,
+                "flagged": flagged,
+                "reference": reference,
+            }
+            return [op], new
+
+        return self._commit(build)
+
+    def list_flags(
+        self, *, reference: bool | None = None, starred: bool | None = None, flagged: bool | None = None
+    ) -> list[QuadrantFlags]:
+        check_flag_args(None, starred, flagged, reference)
+        self._sync()
+        return self._index.list_flags(reference=reference, starred=starred, flagged=flagged)
+
+    def close(self) -> None:
+        self._index.close()
+        if self._given_client is None and self._client is not None:
+            with contextlib.suppress(Exception):
+                self._client.close()
+            self._client = None
+
+
+def _put_op(p: PreparedWrite, version: int) -> dict[str, Any]:
+    return {
+        "op": "put",
+        "layer": p.layer,
+        "x": p.x,
+        "y": p.y,
+        "version": version,
+        "sha256": p.sha256,
+        "provenance": p.provenance,
+    }

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Set up (or update) everything on a fresh machine: a Python venv with the package, OpenSeadragon from npm, and —
+# with `test` — the test extras and Debian's Chromium for the browser test. Idempotent; safe to rerun.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mode="${1:-main}"
+PY="${PYTHON:-python3}"
+"$PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "isonyc-dagster needs Python >= 3.11")'
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip uv
+extras=""
+[ "$mode" = "test" ] && extras="[test]"
+.venv/bin/uv pip install -q --python .venv/bin/python -e ".${extras}"
+if command -v npm >/dev/null 2>&1; then
+  npm ci --no-audit --no-fund --loglevel=error
+else
+  echo "setup: npm not found: install Node.js (apt-get install nodejs npm) for the map viewer" >&2
+fi
+if [ "$mode" = "test" ] && ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    (apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }) \
+      || echo "setup: could not install chromium; the browser test will be skipped" >&2
+  else
+    echo "setup: chromium not found (sudo apt-get install chromium); the browser test will be skipped" >&2
+  fi
+fi
+echo "setup ($mode): ok"

@@ -40,7 +40,10 @@ def main() -> int:
             y = int(rng.integers(0, H - T - 4))
             x = int(rng.integers(T, W - T))
             a, b = img[y : y + T, x - T : x], img[y : y + T, x : x + T]
-            shifted = lambda d: np.clip(b.astype(int) + d, 0, 255).astype(np.uint8)  # noqa: E731
+
+            def shifted(d: object, b: np.ndarray = b) -> np.ndarray:
+                return np.clip(b.astype(int) + d, 0, 255).astype(np.uint8)
+
             y2, x2 = int(rng.integers(0, H - T)), int(rng.integers(0, W - T))
             groups["true"].append(seam_score(a, b, "lr"))
             # the same cut rotated: a above b
@@ -55,13 +58,31 @@ def main() -> int:
             groups["blur2"].append(seam_score(a, blur, "lr"))
     dt = time.perf_counter() - t0
     n = sum(len(v) for v in groups.values())
-    print(f"threshold {DEFAULT_THRESHOLD}; {n} seams of {T} px scored in {dt:.2f} s ({dt / n * 1e3:.2f} ms each)")
+    print(
+        f"threshold {DEFAULT_THRESHOLD}; {n} seams of {T} px scored in {dt:.2f} s ({dt / n * 1e3:.2f} ms each)"
+    )
+    true = np.array(groups["true"])
+    broken = np.concatenate([np.array(v) for k, v in groups.items() if k != "true"])
+    for thr in (4.0, 5.0, 6.0, 8.0, 10.0):
+        print(
+            f"  threshold {thr:4.1f}: false alarms {(true > thr).mean():6.1%}, broken seams caught "
+            f"{(broken > thr).mean():6.1%}" + ("   <- DEFAULT_THRESHOLD" if thr == DEFAULT_THRESHOLD else "")
+        )
+    # What K-candidate selection needs: on the same cut, does the true continuation score lower?
+    true_lr = np.array(groups["true"][0::2])
+    for k, v in groups.items():
+        if k != "true":
+            print(
+                f"  ranking vs {k:>9}: true continuation scores lower in {(true_lr < np.array(v)).mean():6.1%} of cuts"
+            )
     for k, v in groups.items():
         arr = np.array(v)
         wrong = (arr > DEFAULT_THRESHOLD).mean() if k == "true" else (arr <= DEFAULT_THRESHOLD).mean()
         label = "flagged (false alarms)" if k == "true" else "missed"
-        print(f"{k:>10}: p5 {np.percentile(arr, 5):6.2f}  p50 {np.median(arr):6.2f}  p95 {np.percentile(arr, 95):6.2f}"
-              f"  {label} {wrong:6.1%}")
+        print(
+            f"{k:>10}: p5 {np.percentile(arr, 5):6.2f}  p50 {np.median(arr):6.2f}  p95 {np.percentile(arr, 95):6.2f}"
+            f"  {label} {wrong:6.1%}"
+        )
     return 0
 
 

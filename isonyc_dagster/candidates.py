@@ -131,5 +131,7 @@ def generate_candidates(
     if not ok:
         retryable = any(c.retryable for c in cands)
         raise BackendError(f"all {k} candidates failed; last error: {cands[-1].error}", retryable=retryable)
-    best = min(ok, key=lambda c: (c.score, float(np.mean(list(c.scores.values()))) if c.scores else 0.0, c.index))
+    best = min(
+        ok, key=lambda c: (c.score, float(np.mean(list(c.scores.values()))) if c.scores else 0.0, c.index)
+    )
     return CandidateSet(cands, best.index)

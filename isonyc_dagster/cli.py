@@ -149,7 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_render)
 
     s = sub.add_parser("demo", help="run the whole pipeline on the configured area through Dagster, offline")
-    s.add_argument("--out", default=None, help="where the map (DZI + viewer) goes (default: the config's output_dir)")
+    s.add_argument(
+        "--out", default=None, help="where the map (DZI + viewer) goes (default: the config's output_dir)"
+    )
     s.add_argument("--port", type=int, default=8000, help="port suggested for `isonyc serve`")
     s.set_defaults(func=cmd_demo)
 

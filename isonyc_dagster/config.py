@@ -123,6 +123,16 @@ def load_map_config(path: str | Path) -> MapConfig:
         raise ConfigError(_format_validation_error(str(path), e)) from None
 
 
+def _resolve_source(source: str, base: Path) -> str:
+    """A geodata entry relative to the config file: ``socrata`` stays, ``kind:path`` keeps its kind prefix."""
+    if source.strip().lower() == "socrata":
+        return source
+    kind, sep, rest = source.partition(":")
+    if sep and kind.isalpha() and len(kind) > 1:  # "parks:x.geojson" (a one-letter prefix is a drive letter)
+        return f"{kind}:{rest if Path(rest).is_absolute() else base / rest}"
+    return source if Path(source).is_absolute() else str(base / source)
+
+
 def load_project_config(path: str | Path | None) -> ProjectConfig:
     """Load a ProjectConfig from TOML/JSON; ``None`` gives the embedded offline defaults."""
     if path is None:
@@ -138,7 +148,7 @@ def load_project_config(path: str | Path | None) -> ProjectConfig:
     updates: dict[str, Any] = {}
     if cfg.bounds not in ("demo", "manhattan", "nyc") and not Path(cfg.bounds).is_absolute():
         updates["bounds"] = str(base / cfg.bounds)
-    updates["geodata"] = [g if Path(g).is_absolute() else str(base / g) for g in cfg.geodata]
+    updates["geodata"] = [_resolve_source(g, base) for g in cfg.geodata]
     if "://" not in cfg.store and not Path(cfg.store).is_absolute():
         updates["store"] = str(base / cfg.store)
     for name in ("cache_dir", "output_dir"):

@@ -73,7 +73,7 @@ def build_definitions(config: ProjectConfig, *, generator: GeneratorResource | N
     )
     water = build_water_asset(qp)
     exports = build_export_assets()
-    jobs = build_jobs(qp, cp)
+    jobs = build_jobs()
     return dg.Definitions(
         assets=[geodata, render, *steps, generation, water, *exports],
         jobs=jobs,

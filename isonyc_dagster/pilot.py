@@ -83,8 +83,13 @@ def _score_color(score: float, threshold: float) -> tuple[int, int, int]:
     return (255, int(200 * (1 - (t - 0.5) * 2)), 0)
 
 
-def seam_heatmap(mosaic: np.ndarray, edges: Sequence[tuple[str, int, int, float]], tile: int, overlap_px: int,
-                 threshold: float) -> np.ndarray:
+def seam_heatmap(
+    mosaic: np.ndarray,
+    edges: Sequence[tuple[str, int, int, float]],
+    tile: int,
+    overlap_px: int,
+    threshold: float,
+) -> np.ndarray:
     """The mosaic at half brightness with each scored edge drawn as a band coloured by its score.
 
     ``edges``: ("lr" | "tb", column, row, score) in patch tile coordinates of the right/bottom tile.
@@ -134,7 +139,9 @@ def run_pilot(
     candidate of a tile fails, since later tiles would lose their context.
     """
     if neighbour_mode != "left+top":
-        raise ValueError(f"neighbour_mode {neighbour_mode!r} is not supported; the pilot runs 'left+top' (raster order)")
+        raise ValueError(
+            f"neighbour_mode {neighbour_mode!r} is not supported; the pilot runs 'left+top' (raster order)"
+        )
     if w < 1 or h < 1:
         raise ValueError(f"patch size must be at least 1×1, got {w}×{h}")
     if k < 1:
@@ -143,7 +150,9 @@ def run_pilot(
         raise ValueError(f"overlap_px must be >= 2, got {overlap_px}")
     out = Path(out_dir)
     if (out / "report.json").exists() and not overwrite:
-        raise FileExistsError(f"{out} already holds a pilot (report.json); choose a new out_dir or pass overwrite=True")
+        raise FileExistsError(
+            f"{out} already holds a pilot (report.json); choose a new out_dir or pass overwrite=True"
+        )
     out.mkdir(parents=True, exist_ok=True)
 
     renders: dict[tuple[int, int], np.ndarray] = {}
@@ -154,8 +163,10 @@ def run_pilot(
         if (x, y) not in renders:
             arr = np.asarray(render_tile(x, y))
             if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8 or arr.shape[0] != arr.shape[1]:
-                raise ValueError(f"render_tile({x}, {y}) must return a square (T, T, 3) uint8 array, got "
-                                 f"{arr.shape} {arr.dtype}")
+                raise ValueError(
+                    f"render_tile({x}, {y}) must return a square (T, T, 3) uint8 array, got "
+                    f"{arr.shape} {arr.dtype}"
+                )
             if tile_px is None:
                 tile_px = arr.shape[0]
             elif arr.shape[0] != tile_px:
@@ -171,7 +182,11 @@ def run_pilot(
     report: dict[str, Any] = {
         "version": REPORT_VERSION,
         "status": "running",
-        "x0": x0, "y0": y0, "w": w, "h": h, "k": k,
+        "x0": x0,
+        "y0": y0,
+        "w": w,
+        "h": h,
+        "k": k,
         "overlap_px": overlap_px,
         "neighbour_mode": neighbour_mode,
         "threshold": threshold,
@@ -187,7 +202,7 @@ def run_pilot(
 
     for n, (y, x) in enumerate((yy, xx) for yy in range(y0, y0 + h) for xx in range(x0, x0 + w)):
         window = np.zeros((2 * T, 2 * T, 3), np.uint8)
-        for (dx, dy) in ((0, 0), (1, 0), (0, 1)):
+        for dx, dy in ((0, 0), (1, 0), (0, 1)):
             nb = (x - 1 + dx, y - 1 + dy)
             window[dy * T : (dy + 1) * T, dx * T : (dx + 1) * T] = accepted.get(nb, render(*nb))
         window[T:, T:] = render(x, y)
@@ -214,8 +229,9 @@ def run_pilot(
             return {(x, y): img[T:, T:].copy()}
 
         try:
-            cset = generate_candidates(backend, request, k, split=split, context=context, overlap_px=overlap_px,
-                                       parallel=parallel)
+            cset = generate_candidates(
+                backend, request, k, split=split, context=context, overlap_px=overlap_px, parallel=parallel
+            )
         except BackendError as e:
             report["tiles"].append({"x": x, "y": y, "error": str(e)})
             report["status"] = "failed"
@@ -223,8 +239,10 @@ def run_pilot(
             save_report()
             raise
 
-        def named(edge_key: tuple[tuple[int, int], tuple[int, int]]) -> str:
-            return "left" if edge_key[0] == (x - 1, y) else "top"
+        def named(
+            edge_key: tuple[tuple[int, int], tuple[int, int]], left: tuple[int, int] = (x - 1, y)
+        ) -> str:
+            return "left" if edge_key[0] == left else "top"
 
         cands = []
         for c in cset.candidates:
@@ -240,18 +258,20 @@ def run_pilot(
         accepted[(x, y)] = tile
         _write_atomic(out / "tiles" / f"{x}_{y}.png", _png(tile))
         best_scores = cands[best.index]["scores"]
-        report["tiles"].append({
-            "x": x,
-            "y": y,
-            "chosen": best.index,
-            "chosen_seed": best.seed,
-            "score": round(best.score or 0.0, 4),
-            "scores": best_scores,
-            "over_threshold": any(s > threshold for s in best_scores.values()),
-            "model_id": cands[best.index]["model_id"],
-            "fallbacks": cands[best.index]["fallbacks"],
-            "candidates": cands,
-        })
+        report["tiles"].append(
+            {
+                "x": x,
+                "y": y,
+                "chosen": best.index,
+                "chosen_seed": best.seed,
+                "score": round(best.score or 0.0, 4),
+                "scores": best_scores,
+                "over_threshold": any(s > threshold for s in best_scores.values()),
+                "model_id": cands[best.index]["model_id"],
+                "fallbacks": cands[best.index]["fallbacks"],
+                "candidates": cands,
+            }
+        )
         save_report()
 
     mosaic = np.zeros((h * T, w * T, 3), np.uint8)

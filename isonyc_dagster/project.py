@@ -108,7 +108,12 @@ class Project:
         if city is None:
             from .geodata.load import load_city
 
-            city = load_city(self.geometry, self.config.geodata, window=self.city_window())
+            city = load_city(
+                self.geometry,
+                self.config.geodata,
+                window=self.city_window(),
+                cache_dir=Path(self.config.cache_dir) / "socrata",
+            )
             _atomic_write(path, pickle.dumps(city, protocol=pickle.HIGHEST_PROTOCOL))
         self.__dict__["_city"] = city
         self.__dict__.pop("renderer", None)

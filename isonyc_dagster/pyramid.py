@@ -307,45 +307,60 @@ def _locked(out_dir: Path, name: str) -> Iterator[None]:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
+_Rec = tuple[str, int, int, int]  # input hash, and the file's mtime_ns, size and inode when it was written
+
+
 class _Manifest:
-    """SQLite table of the input hash each tile file was last written from."""
+    """SQLite table of the input hash each tile file was written from, and that file's identity.
+
+    The file identity (mtime_ns, size, inode: os.replace gives every write a new inode) makes a row
+    prove what is on disk: a tile rewritten by a build that died before recording it no longer matches
+    its row, so it is rebuilt instead of trusted. A hash alone could not tell."""
+
+    _SCHEMA = 2
 
     def __init__(self, path: Path) -> None:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        if self._db.execute("PRAGMA user_version").fetchone()[0] != self._SCHEMA:
+            self._db.execute("DROP TABLE IF EXISTS tiles")  # older layout: forget it, tiles get rebuilt
+            self._db.execute(f"PRAGMA user_version={self._SCHEMA}")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS tiles (level INTEGER, col INTEGER, row INTEGER, hash TEXT NOT NULL,"
-            " PRIMARY KEY (level, col, row)) WITHOUT ROWID"
+            " mtime_ns INTEGER, size INTEGER, inode INTEGER, PRIMARY KEY (level, col, row)) WITHOUT ROWID"
         )
         self._lock = threading.Lock()
-        self._cache: dict[tuple[int, int, int], str | None] = {}
+        self._cache: dict[tuple[int, int, int], _Rec | None] = {}
         self._complete = False
 
     def preload(self) -> None:
         with self._lock:
             self._cache = {
-                (lv, c, r): h for lv, c, r, h in self._db.execute("SELECT level, col, row, hash FROM tiles")
+                (lv, c, r): (h, m, sz, ino)
+                for lv, c, r, h, m, sz, ino in self._db.execute("SELECT * FROM tiles")
             }
             self._complete = True
 
-    def get(self, key: tuple[int, int, int]) -> str | None:
+    def get(self, key: tuple[int, int, int]) -> _Rec | None:
         with self._lock:
             if key in self._cache or self._complete:
                 return self._cache.get(key)
-            row = self._db.execute("SELECT hash FROM tiles WHERE level=? AND col=? AND row=?", key).fetchone()
-            self._cache[key] = row[0] if row else None
+            row = self._db.execute(
+                "SELECT hash, mtime_ns, size, inode FROM tiles WHERE level=? AND col=? AND row=?", key
+            ).fetchone()
+            self._cache[key] = tuple(row) if row else None  # type: ignore[assignment]
             return self._cache[key]
 
-    def put_many(self, rows: list[tuple[int, int, int, str]]) -> None:
+    def put_many(self, rows: list[tuple[int, int, int, str, int, int, int]]) -> None:
         if not rows:
             return
         with self._lock:
             self._db.execute("BEGIN")
-            self._db.executemany("INSERT OR REPLACE INTO tiles VALUES (?, ?, ?, ?)", rows)
+            self._db.executemany("INSERT OR REPLACE INTO tiles VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
             self._db.execute("COMMIT")
-            for lv, c, r, h in rows:
-                self._cache[(lv, c, r)] = h
+            for lv, c, r, h, m, sz, ino in rows:
+                self._cache[(lv, c, r)] = (h, m, sz, ino)
 
     def all_keys(self) -> list[tuple[int, int, int]]:
         with self._lock:
@@ -396,7 +411,7 @@ class _Builder:
         self.params = f"{_ALGO}|{fmt}|{layout.tile}"
         self._blank: dict[tuple[int, int], bytes] = {}
         self._lock = threading.Lock()
-        self.pending: list[tuple[int, int, int, str]] = []
+        self.pending: list[tuple[int, int, int, str, int, int, int]] = []
         self._results: dict[tuple[int, int, int], _Node] = {}
         self._flushed = time.monotonic()
         self.written: dict[int, int] = {}
@@ -413,9 +428,11 @@ class _Builder:
         return b
 
     def _write(self, level: int, col: int, row: int, data: bytes, h: str) -> None:
-        _atomic_write(self.path(level, col, row), data)
+        path = self.path(level, col, row)
+        _atomic_write(path, data)
+        st = os.stat(path)
         with self._lock:
-            self.pending.append((level, col, row, h))
+            self.pending.append((level, col, row, h, st.st_mtime_ns, st.st_size, st.st_ino))
             self.written[level] = self.written.get(level, 0) + 1
             due = len(self.pending) >= 32 or time.monotonic() - self._flushed > 0.5
         if due:  # bound the work a killed build loses
@@ -426,8 +443,20 @@ class _Builder:
         arr = _decode(p.read_bytes(), f"pyramid tile {p}")
         return arr[::2, ::2]
 
-    def _clean(self, key: tuple[int, int, int], h: str, old: str | None) -> bool:
-        return old == h and self.path(*key).exists()
+    def _recorded(self, key: tuple[int, int, int]) -> str | None:
+        """The input hash of the tile file on disk, or None when there is no file or it is not the one
+        the manifest describes."""
+        rec = self.manifest.get(key)
+        if rec is None:
+            return None
+        try:
+            st = os.stat(self.path(*key))
+        except FileNotFoundError:
+            return None
+        return rec[0] if (st.st_mtime_ns, st.st_size, st.st_ino) == rec[1:] else None
+
+    def _clean(self, h: str, old: str | None) -> bool:
+        return old == h
 
     # -- the walk
     def node(self, level: int, col: int, row: int) -> _Node:
@@ -436,8 +465,8 @@ class _Builder:
         done = self._results.pop(key, None)  # subtree already built on the thread pool
         if done is not None:
             return done
-        old = self.manifest.get(key)
-        if not self.visit(level, col, row) and old is not None and self.path(*key).exists():
+        old = self._recorded(key)
+        if old is not None and not self.visit(level, col, row):
             return _Node(old, old, False)
         if level == self.layout.max_level:
             return self._base(col, row, old)
@@ -457,7 +486,7 @@ class _Builder:
         sha = self.sha_of(x, y)
         t = self.layout.tile
         h = _h(self.params, "q", t, t, sha or "-")
-        if self._clean((lv, col, row), h, old):
+        if self._clean(h, old):
             with self._lock:
                 self.skipped += 1
             return _Node(h, old, False)
@@ -492,7 +521,7 @@ class _Builder:
     def _upper(self, level: int, col: int, row: int, old: str | None, kids: list[_Node | None]) -> _Node:
         w, hgt = self.layout.tile_size(level, col, row)
         h = _h(self.params, level, w, hgt, *(k.hash if k else "-" for k in kids))
-        if self._clean((level, col, row), h, old):
+        if self._clean(h, old):
             with self._lock:
                 self.skipped += 1
             return _Node(h, old, False)
@@ -508,8 +537,8 @@ class _Builder:
                 hgt,
                 *((k.old or "?") if k and k.rebuilt else (k.hash if k else "-") for k in kids),
             )
-            p = self.path(level, col, row)
-            if was == old and p.exists():
+            if was == old:
+                p = self.path(level, col, row)
                 arr = _decode(p.read_bytes(), f"pyramid tile {p}")
                 if arr.shape == (hgt, w, 4):
                     canvas = arr.copy()
@@ -588,12 +617,15 @@ def _ensure_dirs(files: Path, layout: PyramidLayout) -> None:
         (files / str(lv)).mkdir(parents=True, exist_ok=True)
 
 
-def _remove_stale_temps(files: Path) -> None:
-    """Temp files of a killed build (we hold the pyramid lock, so no writer owns them)."""
+def _remove_leftovers(files: Path, fmt: str) -> None:
+    """Temp files of a killed build (we hold the pyramid lock, so no writer owns them) and tiles of the
+    other format from an earlier build into the same directory."""
+    other = re.compile(r"^\d+_\d+\.(png|webp)$")
     for lvdir in files.iterdir():
         if lvdir.is_dir():
             for e in os.scandir(lvdir):
-                if e.name.startswith(".") and e.name.endswith(".tmp"):
+                stale_tmp = e.name.startswith(".") and e.name.endswith(".tmp")
+                if stale_tmp or (other.match(e.name) and not e.name.endswith("." + fmt)):
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(e.path)
 
@@ -698,7 +730,7 @@ def build_pyramid(
     files = out / f"{name}_files"
     with _locked(out, name):
         _ensure_dirs(files, layout)
-        _remove_stale_temps(files)
+        _remove_leftovers(files, fmt)
         shas = {(v.x, v.y): v.sha256 for v in store.list_active(layer, bbox=(x0, y0, x1, y1))}
         manifest = _Manifest(out / f".{name}.manifest.sqlite")
         try:

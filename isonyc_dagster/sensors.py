@@ -41,16 +41,16 @@ def job_name(asset: str) -> str:
     return f"{asset}_job"
 
 
-def build_jobs(quadrant_parts: dg.PartitionsDefinition, cell_parts: dg.PartitionsDefinition) -> list:
+def build_jobs() -> list:
     """One asset job per scheduled asset: a sensor may only target jobs of a single partitions definition each."""
     jobs = [
         dg.define_asset_job(job_name("geodata"), selection=["geodata"]),
         dg.define_asset_job(job_name("export"), selection=list(EXPORT_ASSETS)),
     ]
     for asset in ("render", "generation", "water_mask"):
-        jobs.append(dg.define_asset_job(job_name(asset), selection=[asset], partitions_def=quadrant_parts))
+        jobs.append(dg.define_asset_job(job_name(asset), selection=[asset]))
     for asset in STEP_ASSETS.values():
-        jobs.append(dg.define_asset_job(job_name(asset), selection=[asset], partitions_def=cell_parts))
+        jobs.append(dg.define_asset_job(job_name(asset), selection=[asset]))
     return jobs
 
 

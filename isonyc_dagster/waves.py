@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from .plan import LatticePlan, StepKind
+from .plan import LatticePlan, StepKind, kind_at
 
 Key2 = tuple[int, int]
 Rect = tuple[int, int, int, int]  # a0, b0, a1, b1 inclusive
@@ -83,9 +83,16 @@ def ready(plan: LatticePlan, quadrants: Iterable[Key2], done: Progress, busy: Pr
             continue
         if all(dep.cell in done.steps[dep.kind] for dep in plan.dependencies(step)):
             req.steps[step.kind].add(cell)
+    # Publish a quadrant once every step of its lattice cell is done: the finished cells then form large
+    # rectangles (one run), where publishing step by step would cut the lattice pattern into many small runs.
+    cell_done: dict[Key2, bool] = {}
     for q in qs - done.generation - busy.generation:
-        step = plan.step_for_quadrant(*q)
-        if step.cell in done.steps[step.kind]:
+        cell = kind_at(q[0], q[1], plan.origin)[1]
+        if cell not in cell_done:
+            cell_done[cell] = all(
+                (s := plan.get(kind, cell)) is None or s.cell in done.steps[kind] for kind in StepKind
+            )
+        if cell_done[cell]:
             req.generation.add(q)
     return req
 

@@ -43,7 +43,6 @@ import httpx
 import numpy as np
 from PIL import Image
 
-
 # --------------------------------------------------------------------------------------------------
 # images
 
@@ -54,11 +53,15 @@ def png_bytes(arr: np.ndarray) -> bytes:
     return out.getvalue()
 
 
-def make_template(size: int = 64, box: tuple[int, int, int, int] | None = None, seed: int = 0) -> tuple[bytes, tuple]:
+def make_template(
+    size: int = 64, box: tuple[int, int, int, int] | None = None, seed: int = 0
+) -> tuple[bytes, tuple]:
     """A small template: textured "context" with a render inside ``box`` outlined by a 2 px red border."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size]
-    arr = np.stack([(xx * 3) % 200 + 20, (yy * 5) % 180 + 30, ((xx + yy) * 2) % 160 + 40], -1).astype(np.uint8)
+    arr = np.stack([(xx * 3) % 200 + 20, (yy * 5) % 180 + 30, ((xx + yy) * 2) % 160 + 40], -1).astype(
+        np.uint8
+    )
     arr = np.clip(arr.astype(int) + rng.integers(-6, 7, arr.shape), 0, 254).astype(np.uint8)  # never pure red
     box = box or (size // 4, size // 4, 3 * size // 4, 3 * size // 4)
     x0, y0, x1, y1 = box
@@ -145,7 +148,13 @@ class FakeApi:
             def _handle(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(length) if length else b""
-                rec = Recorded(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body, time.monotonic())
+                rec = Recorded(
+                    self.command,
+                    self.path,
+                    {k.lower(): v for k, v in self.headers.items()},
+                    body,
+                    time.monotonic(),
+                )
                 with api._lock:
                     api.requests.append(rec)
                 try:
@@ -171,7 +180,9 @@ class FakeApi:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
 
     @property
     def url(self) -> str:
@@ -196,7 +207,11 @@ class FakeApi:
     # -- generic replies ---------------------------------------------------------------------------
     def generic_fault(self, fault: str, rec: Recorded) -> Reply | None:
         if fault == "429":
-            return Reply(429, b'{"detail": "rate limited"}', {"Retry-After": f"{self.retry_after:g}", "Content-Type": "application/json"})
+            return Reply(
+                429,
+                b'{"detail": "rate limited"}',
+                {"Retry-After": f"{self.retry_after:g}", "Content-Type": "application/json"},
+            )
         if fault in ("500", "503"):
             return Reply(int(fault), b"upstream exploded")
         if fault == "garbage_json":
@@ -229,7 +244,10 @@ class FakeModal(FakeApi):
         self.token_id, self.token_secret = token_id, token_secret
 
     def dispatch(self, rec: Recorded) -> Reply:
-        if self.token_id and (rec.headers.get("modal-key") != self.token_id or rec.headers.get("modal-secret") != self.token_secret):
+        if self.token_id and (
+            rec.headers.get("modal-key") != self.token_id
+            or rec.headers.get("modal-secret") != self.token_secret
+        ):
             return Reply(401, b"modal-http: missing credentials for proxy authorization")
         fault = self.next_fault()
         if fault and (r := self.generic_fault(fault, rec)):
@@ -240,8 +258,10 @@ class FakeModal(FakeApi):
         if fault in IMAGE_FAULTS:
             img = corrupt(fault, img)
         b64 = "!!not base64!!" if fault == "bad_b64" else base64.b64encode(img).decode()
-        return json_reply({"image_b64": b64, "seed": seed, "model_id": "fake-qwen", "lora": "fake-lora@v1"},
-                          delay=self.delay if fault == "timeout" else 0.0)
+        return json_reply(
+            {"image_b64": b64, "seed": seed, "model_id": "fake-qwen", "lora": "fake-lora@v1"},
+            delay=self.delay if fault == "timeout" else 0.0,
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -303,7 +323,11 @@ class FakeOxen(FakeApi):
         if fault in ("result_403", "result_truncated"):
             self.result_faults[rid] = deque([fault])
         return json_reply(
-            {"model": req["model"], "created": int(time.time()), "images": [{"url": f"{self.url}/results/{rid}.png"}]},
+            {
+                "model": req["model"],
+                "created": int(time.time()),
+                "images": [{"url": f"{self.url}/results/{rid}.png"}],
+            },
             delay=self.delay if fault == "timeout" else 0.0,
         )
 
@@ -340,11 +364,17 @@ class _GoogleFake(FakeApi):
         if fault == "429-info":
             return Reply(
                 429,
-                google_error(429, "RESOURCE_EXHAUSTED", "Quota exceeded", retry_delay=f"{self.retry_after:g}s"),
+                google_error(
+                    429, "RESOURCE_EXHAUSTED", "Quota exceeded", retry_delay=f"{self.retry_after:g}s"
+                ),
                 {"Content-Type": "application/json"},
             )
         if fault == "503":
-            return Reply(503, google_error(503, "UNAVAILABLE", "The model is overloaded."), {"Content-Type": "application/json"})
+            return Reply(
+                503,
+                google_error(503, "UNAVAILABLE", "The model is overloaded."),
+                {"Content-Type": "application/json"},
+            )
         return self.generic_fault(fault, rec)
 
     def generate_content_reply(self, fault: str | None, req: dict[str, Any], model: str) -> Reply:
@@ -357,7 +387,13 @@ class _GoogleFake(FakeApi):
             img = corrupt(fault, img)
         data = "%%%" if fault == "bad_b64" else base64.b64encode(img).decode()
         image_part = {"inlineData": {"mimeType": "image/png", "data": data}}
-        thought_part = {"inlineData": {"mimeType": "image/png", "data": base64.b64encode(corrupt("wrong_size", img)).decode()}, "thought": True}
+        thought_part = {
+            "inlineData": {
+                "mimeType": "image/png",
+                "data": base64.b64encode(corrupt("wrong_size", img)).decode(),
+            },
+            "thought": True,
+        }
         if fault == "no_image":
             parts, finish = [{"text": "I cannot draw that, but here is a description."}], "STOP"
         elif fault == "safety":
@@ -366,7 +402,10 @@ class _GoogleFake(FakeApi):
             parts, finish = [thought_part], "STOP"
         else:
             parts, finish = [thought_part, {"text": "Here is the tile."}, image_part], "STOP"
-        body = {"candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": finish}], "modelVersion": model}
+        body = {
+            "candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": finish}],
+            "modelVersion": model,
+        }
         return json_reply(body, delay=self.delay if fault == "timeout" else 0.0)
 
 
@@ -382,7 +421,9 @@ class FakeGemini(_GoogleFake):
         if rec.method != "POST" or not m:
             return Reply(404, google_error(404, "NOT_FOUND", f"no route {rec.path}"))
         if rec.headers.get("x-goog-api-key") != self.api_key:
-            return Reply(400, google_error(400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid API key."))
+            return Reply(
+                400, google_error(400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid API key.")
+            )
         fault = self.next_fault()
         if fault and (r := self.google_fault(fault, rec)):
             return r
@@ -408,7 +449,9 @@ class FakeVertex(_GoogleFake):
         if rec.method != "POST" or not m:
             return Reply(404, google_error(404, "NOT_FOUND", f"no route {rec.path}"))
         if rec.headers.get("authorization") != f"Bearer {self.token}":
-            return Reply(401, google_error(401, "UNAUTHENTICATED", "Request had invalid authentication credentials."))
+            return Reply(
+                401, google_error(401, "UNAUTHENTICATED", "Request had invalid authentication credentials.")
+            )
         model, method = m.groups()
         q = self.model_faults.get(model)
         fault = (q.popleft() if q else None) or self.next_fault()
@@ -420,14 +463,26 @@ class FakeVertex(_GoogleFake):
         inst = req["instances"][0]
         refs = {r["referenceType"]: r for r in inst["referenceImages"]}
         raw = base64.b64decode(refs["REFERENCE_TYPE_RAW"]["referenceImage"]["bytesBase64Encoded"])
-        mask = np.array(Image.open(io.BytesIO(base64.b64decode(refs["REFERENCE_TYPE_MASK"]["referenceImage"]["bytesBase64Encoded"]))))
+        mask = np.array(
+            Image.open(
+                io.BytesIO(
+                    base64.b64decode(refs["REFERENCE_TYPE_MASK"]["referenceImage"]["bytesBase64Encoded"])
+                )
+            )
+        )
         arr = np.array(Image.open(io.BytesIO(raw)).convert("RGB"))
         arr[mask > 0] = (arr[mask > 0] // 64) * 64 + 32  # repaint exactly the masked area
         img = png_bytes(arr)
         if fault in IMAGE_FAULTS:
             img = corrupt(fault, img)
-        return json_reply({"predictions": [{"bytesBase64Encoded": base64.b64encode(img).decode(), "mimeType": "image/png"}]},
-                          delay=self.delay if fault == "timeout" else 0.0)
+        return json_reply(
+            {
+                "predictions": [
+                    {"bytesBase64Encoded": base64.b64encode(img).decode(), "mimeType": "image/png"}
+                ]
+            },
+            delay=self.delay if fault == "timeout" else 0.0,
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -473,7 +528,9 @@ def gcs_emulator(bucket: str) -> Iterator[tuple[str, Any]]:
     server = create_server("127.0.0.1", port, in_memory=True, default_bucket=bucket)
     server.start()
     url = f"http://127.0.0.1:{port}"
-    client = storage.Client(project="test", credentials=AnonymousCredentials(), client_options={"api_endpoint": url})
+    client = storage.Client(
+        project="test", credentials=AnonymousCredentials(), client_options={"api_endpoint": url}
+    )
     try:
         yield url, client
     finally:

@@ -12,6 +12,7 @@ Every request is recorded (path, query, whether ``X-App-Token`` was sent and its
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import threading
@@ -49,20 +50,18 @@ class SocrataTestServer:
     requests: list[Request] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        doc = json.loads(Path(self.geojson).read_text(encoding="utf-8"))
-        self.features: list[dict[str, Any]] = doc["features"]
-        self.crs = doc.get("crs")
-        self._geoms = [shape(f["geometry"]) if f.get("geometry") else None for f in self.features]
+        self.features, self.crs, self._geoms = _load(str(self.geojson))
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._url: str | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------------
     @property
     def url(self) -> str:
-        assert self._httpd is not None, "server not started"
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        """Base URL; stays valid (and refuses connections) after ``stop()``."""
+        assert self._url is not None, "server not started"
+        return self._url
 
     def start(self) -> SocrataTestServer:
         server = self
@@ -75,6 +74,8 @@ class SocrataTestServer:
                 pass
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        host, port = self._httpd.server_address[:2]
+        self._url = f"http://{host}:{port}"
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
         self._thread.start()
         return self
@@ -173,3 +174,11 @@ class SocrataTestServer:
 
 class _SoqlError(Exception):
     pass
+
+
+@functools.lru_cache(maxsize=4)
+def _load(path: str) -> tuple[list[dict[str, Any]], Any, list[Any]]:
+    # Parsed once per test session: several tests start their own server on the same file.
+    doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    feats = doc["features"]
+    return feats, doc.get("crs"), [shape(f["geometry"]) if f.get("geometry") else None for f in feats]

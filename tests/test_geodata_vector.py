@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyogrio
 import pytest
 import shapely
+import shapely.affinity
 from pyproj import Geod, Transformer
 from shapely.geometry import Polygon, box, shape
 
@@ -25,11 +26,27 @@ def _features(path: Path) -> list[dict]:
     return json.loads(path.read_text(encoding="utf-8"))["features"]
 
 
-def _write(path: Path, columns: dict[str, list], geoms: list, *, crs: str, driver: str, layer: str | None = None,
-           append: bool = False) -> None:
-    table = pa.table({**columns, "geometry": pa.array(shapely.to_wkb(np.asarray(geoms, dtype=object)), pa.binary())})
+def _write(
+    path: Path,
+    columns: dict[str, list],
+    geoms: list,
+    *,
+    crs: str,
+    driver: str,
+    layer: str | None = None,
+    append: bool = False,
+) -> None:
+    table = pa.table(
+        {**columns, "geometry": pa.array(shapely.to_wkb(np.asarray(geoms, dtype=object)), pa.binary())}
+    )
     pyogrio.write_arrow(
-        table, path, layer=layer, driver=driver, geometry_name="geometry", geometry_type="Unknown", crs=crs,
+        table,
+        path,
+        layer=layer,
+        driver=driver,
+        geometry_name="geometry",
+        geometry_type="Unknown",
+        crs=crs,
         append=append,
     )
 
@@ -123,7 +140,9 @@ def test_osm_buildings_geojson_counts_holes_multiparts_and_estimates(geometry):
     assert len(fs.buildings) == 8371
     assert fs.attribution == ["© OpenStreetMap contributors (ODbL)"]
     by_id = {b.id: b for b in fs.buildings}
-    src_holes = {f["properties"]["osm_id"] for f in feats if any(len(p) > 1 for p in f["geometry"]["coordinates"])}
+    src_holes = {
+        f["properties"]["osm_id"] for f in feats if any(len(p) > 1 for p in f["geometry"]["coordinates"])
+    }
     src_multi = {f["properties"]["osm_id"] for f in feats if len(f["geometry"]["coordinates"]) > 1}
     assert len(src_holes) == 82 and len(src_multi) == 3
     for oid in src_holes:
@@ -136,9 +155,15 @@ def test_osm_buildings_geojson_counts_holes_multiparts_and_estimates(geometry):
     b = by_id["w241844933"]
     assert b.height_estimated and b.height_m == pytest.approx(16 * 3.2)
     # min_height survives as the base of the extrusion
-    assert by_id["w109337830"].base_m == pytest.approx(12.0) and by_id["w109337830"].height_m == pytest.approx(19.3)
+    assert by_id["w109337830"].base_m == pytest.approx(12.0) and by_id[
+        "w109337830"
+    ].height_m == pytest.approx(19.3)
     # unknown heights are estimated, never flat; known ones are the source metres
-    no_height = [f["properties"]["osm_id"] for f in feats if not f["properties"]["height_m"] and f["properties"]["osm_id"] in by_id]
+    no_height = [
+        f["properties"]["osm_id"]
+        for f in feats
+        if not f["properties"]["height_m"] and f["properties"]["osm_id"] in by_id
+    ]
     assert all(by_id[i].height_estimated and by_id[i].height_m > 0 for i in no_height)
     assert fs.reports[0].heights_estimated == len(no_height)
     tallest = max(fs.buildings, key=lambda b: b.height_m)
@@ -186,8 +211,10 @@ def test_legacy_uppercase_shapefile_in_state_plane_feet(geometry, tmp_path):
     src = geodata_file("fixture_buildings_citicorp_60_doitt.geojson")
     feats = _features(src)
     to_2263 = Transformer.from_crs("EPSG:4326", "EPSG:2263", always_xy=True)
-    geoms = [shapely.transform(shape(f["geometry"]), lambda xy: np.column_stack(to_2263.transform(*xy.T)))
-             for f in feats]
+    geoms = [
+        shapely.transform(shape(f["geometry"]), lambda xy: np.column_stack(to_2263.transform(*xy.T)))
+        for f in feats
+    ]
     p = [f["properties"] for f in feats]
     cols = {
         "BIN": [x["bin"] for x in p],
@@ -212,7 +239,9 @@ def test_legacy_uppercase_shapefile_in_state_plane_feet(geometry, tmp_path):
 
 def test_geopackage_layers_are_classified_by_name(geometry, tmp_path):
     e, n = geometry.lnglat_to_ground(-73.97, 40.757)
-    lng, lat = geometry.ground_to_lnglat(np.array([float(e), float(e) + 40]), np.array([float(n), float(n) + 40]))
+    lng, lat = geometry.ground_to_lnglat(
+        np.array([float(e), float(e) + 40]), np.array([float(n), float(n) + 40])
+    )
     square = box(lng[0], lat[0], lng[1], lat[1])
     line = shapely.LineString([(lng[0], lat[0]), (lng[1], lat[1])])
     gpkg = tmp_path / "area.gpkg"
@@ -224,6 +253,14 @@ def test_geopackage_layers_are_classified_by_name(geometry, tmp_path):
     b = fs.buildings[0]
     assert b.height_estimated and b.height_m == DEFAULT_UNKNOWN_HEIGHT_M
     assert b.footprint.area == pytest.approx(1600, rel=0.01)
+    # a window goes to GDAL as a bbox (spatial index) and is then applied exactly
+    near = shapely.box(float(e) - 10, float(n) - 10, float(e) + 10, float(n) + 10)
+    far = shapely.affinity.translate(near, 5000, 0)
+    assert len(read_vector(gpkg, geometry, window=near).buildings) == 1
+    assert read_vector(gpkg, geometry, window=far).buildings == []
+    assert [len(read_vector(gpkg, geometry, layers=["green_parks"]).parks)] == [1]
+    with pytest.raises(GeodataError, match=r"no layer\(s\) \['nope'\]"):
+        read_vector(gpkg, geometry, layers=["nope"])
 
 
 def test_unclassifiable_polygons_ask_for_an_explicit_kind(geometry, tmp_path):
@@ -238,8 +275,13 @@ def test_invalid_polygons_are_repaired_and_empty_ones_dropped_by_id(geometry, tm
     bowtie = Polygon([(-73.970, 40.750), (-73.969, 40.751), (-73.969, 40.750), (-73.970, 40.751)])
     sliver = Polygon([(-73.970, 40.750), (-73.969, 40.750), (-73.968, 40.750)])  # zero area
     f = tmp_path / "bad_buildings.geojson"
-    _write(f, {"bin": ["111", "222"], "height_m": [20.0, 30.0]}, [bowtie, sliver], crs="EPSG:4326",
-           driver="GeoJSON")
+    _write(
+        f,
+        {"bin": ["111", "222"], "height_m": [20.0, 30.0]},
+        [bowtie, sliver],
+        crs="EPSG:4326",
+        driver="GeoJSON",
+    )
     with caplog.at_level(logging.WARNING):
         fs = read_vector(f, geometry)
     assert [b.id for b in fs.buildings] == ["111"]
@@ -247,7 +289,7 @@ def test_invalid_polygons_are_repaired_and_empty_ones_dropped_by_id(geometry, tm
     assert fs.buildings[0].footprint.geom_type == "MultiPolygon"  # the bowtie's two triangles
     assert fs.reports[0].repaired == 1  # the sliver is valid (if tiny) once projected: dropped, not repaired
     assert fs.reports[0].dropped_empty == ["222"]
-    assert "dropped building 222" in caplog.text
+    assert "dropped 1 building(s) whose geometry is empty or degenerate (< 0.5 m²): 222" in caplog.text
 
 
 def test_wrong_crs_is_a_clear_error(geometry, tmp_path):

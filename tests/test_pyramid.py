@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import tracemalloc
 import xml.etree.ElementTree as ET
@@ -56,7 +57,9 @@ def quadrant_rgb(x: int, y: int, size: int = Q) -> np.ndarray:
     """8-px checker in the quadrant's two colours, a 1-px dot and a 1-px line: pixel art's worst case."""
     a, b = quadrant_colours(x, y)
     yy, xx = np.mgrid[:size, :size]
-    img = np.where((((yy // 8) + (xx // 8)) % 2 == 0)[..., None], np.array(a, np.uint8), np.array(b, np.uint8))
+    img = np.where(
+        (((yy // 8) + (xx // 8)) % 2 == 0)[..., None], np.array(a, np.uint8), np.array(b, np.uint8)
+    )
     img[201 * size // Q, 200 * size // Q] = DETAIL
     img[:, 300 * size // Q] = LINE
     return img.astype(np.uint8)
@@ -74,6 +77,12 @@ def fill_store(store: LocalTileStore, keys, layer: str = "generation") -> dict[t
     return imgs
 
 
+def rgb_codes(rgb: np.ndarray) -> np.ndarray:
+    """Colours as one int each (0xRRGGBB), for fast set operations."""
+    rgb = rgb.reshape(-1, 3).astype(np.uint32)
+    return (rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2]
+
+
 def decode_rgba(path: Path) -> np.ndarray:
     with Image.open(path) as im:
         return np.asarray(im.convert("RGBA"))
@@ -81,7 +90,9 @@ def decode_rgba(path: Path) -> np.ndarray:
 
 def tile_files(out: Path, name: str) -> dict[str, Path]:
     root = out / f"{name}_files"
-    return {str(p.relative_to(root)): p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")}
+    return {
+        str(p.relative_to(root)): p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")
+    }
 
 
 def assert_same_pixels(a_dir: Path, a_name: str, b_dir: Path, b_name: str) -> int:
@@ -131,7 +142,14 @@ def test_pyramid_is_pixel_identical_to_vips_dzsave(filled, tmp_path):
     info = build_pyramid(store, tmp_path / "out", grid=GRID, meta={"map": {"name": "t"}}, workers=2)
     # libvips' own DZI writer on the whole mosaic, standard numbering, nearest shrink
     ref = pyvips.Image.new_from_array(mosaic(imgs, GRID))
-    ref.dzsave(str(tmp_path / "ref"), tile_size=Q, overlap=0, depth="onepixel", suffix=".png", region_shrink="nearest")
+    ref.dzsave(
+        str(tmp_path / "ref"),
+        tile_size=Q,
+        overlap=0,
+        depth="onepixel",
+        suffix=".png",
+        region_shrink="nearest",
+    )
     n = assert_same_pixels(tmp_path / "out", "t", tmp_path, "ref")
     assert n == sum(li.tiles for li in info.levels) == info.stats.tiles_written
     # standard DZI descriptor, same image size as libvips'
@@ -177,12 +195,12 @@ def test_missing_quadrant_is_transparent_and_crisp_downsampling_keeps_exact_colo
     lower = decode_rgba(files["11/1_0.png"])
     assert not lower[256:, :256, 3].any() and (lower[:256, :, 3] == 255).all()
     # nearest: every pixel of every level is one of the source colours (no blends)
-    palette = {tuple(c) for a in imgs.values() for c in np.unique(a.reshape(-1, 3), axis=0)}
+    palette = np.unique(np.concatenate([rgb_codes(a) for a in imgs.values()]))
     for lv in (11, 10, 8, 3):
         for p in (tmp_path / "out" / "t_files" / str(lv)).iterdir():
             px = decode_rgba(p)
-            opaque = px[px[..., 3] == 255][:, :3]
-            assert {tuple(c) for c in np.unique(opaque, axis=0)} <= palette, p
+            opaque = rgb_codes(px[px[..., 3] == 255][:, :3])
+            assert np.isin(opaque, palette).all(), p
 
 
 def test_sidecar_carries_grid_map_attribution_and_lineage(filled, tmp_path):
@@ -214,13 +232,22 @@ def test_sidecar_carries_grid_map_attribution_and_lineage(filled, tmp_path):
         lv = int(p.split("/")[0])
         on_disk[lv] = on_disk.get(lv, 0) + 1
     assert {lv["level"]: lv["tiles"] for lv in side["levels"]} == on_disk
-    assert side["levels"][-1] == {"level": 12, "width": 2560, "height": 1536, "cols": 5, "rows": 3, "tiles": 15}
+    assert side["levels"][-1] == {
+        "level": 12,
+        "width": 2560,
+        "height": 1536,
+        "cols": 5,
+        "rows": 3,
+        "tiles": 15,
+    }
 
 
 def test_webp_pyramid_is_lossless(filled, tmp_path):
     store, _ = filled
     build_pyramid(store, tmp_path / "png", grid=GRID, meta={"map": {"name": "t"}}, fmt="png", workers=2)
-    info = build_pyramid(store, tmp_path / "webp", grid=GRID, meta={"map": {"name": "t"}}, fmt="webp", workers=2)
+    info = build_pyramid(
+        store, tmp_path / "webp", grid=GRID, meta={"map": {"name": "t"}}, fmt="webp", workers=2
+    )
     assert ET.parse(info.dzi_path).getroot().get("Format") == "webp"
     a, b = tile_files(tmp_path / "png", "t"), tile_files(tmp_path / "webp", "t")
     assert sorted(k.replace(".png", "") for k in a) == sorted(k.replace(".webp", "") for k in b)
@@ -228,6 +255,9 @@ def test_webp_pyramid_is_lossless(filled, tmp_path):
         q = b[k.replace(".png", ".webp")]
         assert q.read_bytes()[8:12] == b"WEBP"
         assert np.array_equal(decode_rgba(p), decode_rgba(q)), k
+    # switching the format of an existing pyramid leaves no tiles of the old one behind
+    build_pyramid(store, tmp_path / "png", grid=GRID, meta={"map": {"name": "t"}}, fmt="webp", workers=2)
+    assert sorted(tile_files(tmp_path / "png", "t")) == sorted(b)
 
 
 # --- incremental ------------------------------------------------------------------------------------
@@ -255,7 +285,9 @@ def test_update_rewrites_only_tiles_above_changed_quadrants_and_equals_a_full_re
     assert all(stats.written_per_level[lv] == 1 for lv in range(11))
     after = snapshot(out, "t")
     rewritten = {k for k in after if after[k] != before[k]}
-    expected = {"12/0_0.png", "12/1_0.png", "12/2_1.png", "11/0_0.png", "11/1_0.png"} | {f"{lv}/0_0.png" for lv in range(11)}
+    expected = {"12/0_0.png", "12/1_0.png", "12/2_1.png", "11/0_0.png", "11/1_0.png"} | {
+        f"{lv}/0_0.png" for lv in range(11)
+    }
     assert rewritten <= expected and {"12/0_0.png", "12/1_0.png", "12/2_1.png"} <= rewritten
     assert stats.tiles_written == sum(stats.written_per_level.values()) == 16
     # the result is exactly what a from-scratch build of the new state gives
@@ -293,6 +325,15 @@ def test_rebuild_skips_unchanged_tiles_and_repairs_deleted_ones(filled, tmp_path
     repaired = build_pyramid(store, out, grid=GRID, meta={"map": {"name": "t"}})
     assert repaired.stats.written_per_level == {10: 1}
     assert (out / "t_files" / "10" / "0_0.png").exists()
+    # a file the manifest did not record (e.g. written by a build killed before it could record it,
+    # whose input was then reverted) is not trusted, even though its input hash is unchanged
+    stray = out / "t_files" / "11" / "0_0.png"
+    os.replace(out / "t_files" / "11" / "1_1.png", stray)
+    fixed = build_pyramid(store, out, grid=GRID, meta={"map": {"name": "t"}})
+    assert fixed.stats.written_per_level == {11: 2}
+    fresh = tmp_path / "fresh"
+    build_pyramid(store, fresh, grid=GRID, meta={"map": {"name": "t"}})
+    assert_same_pixels(out, "t", fresh, "t")
 
 
 def test_growing_the_grid_rebuilds_and_prunes_tiles_outside_it(filled, tmp_path):
@@ -305,6 +346,30 @@ def test_growing_the_grid_rebuilds_and_prunes_tiles_outside_it(filled, tmp_path)
     build_pyramid(store, fresh, grid=small, meta={"map": {"name": "t"}})
     assert_same_pixels(out, "t", fresh, "t")  # includes: no stale tiles left over
     assert not (out / "t_files" / "12").exists()
+
+
+def test_concurrent_updates_of_one_pyramid_do_not_lose_each_others_tiles(filled, tmp_path):
+    """Runs exporting at once (four updates of neighbours, which share every ancestor tile, started
+    together) end in exactly the pyramid a fresh build gives."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    store, _ = filled
+    out = tmp_path / "out"
+    build_pyramid(store, out, grid=GRID, meta={"map": {"name": "t"}})
+    changed = [(-2, 3), (-1, 3), (-2, 4), (-1, 4)]
+    for x, y in changed:
+        store.put_tile("generation", x, y, png_bytes(quadrant_rgb(x + 5, y + 9)))
+    start = threading.Barrier(len(changed))
+
+    def run(key):
+        start.wait()  # all four at once: they all patch the same ancestors
+        return update_pyramid(store, out, [key])
+
+    with ThreadPoolExecutor(len(changed)) as pool:
+        list(pool.map(run, changed))
+    fresh = tmp_path / "fresh"
+    build_pyramid(store, fresh, grid=GRID, meta={"map": {"name": "t"}})
+    assert_same_pixels(out, "t", fresh, "t")
 
 
 def _build_script(store_root: Path, out: Path, grid) -> str:
@@ -354,7 +419,9 @@ def test_memory_stays_far_below_the_mosaic(tmp_path):
     store.put_tiles([TileWrite("generation", x, y, png_bytes(quadrant_rgb(x, y), 1), {}) for x, y in keys])
     tracemalloc.start()
     try:
-        info = build_pyramid(store, tmp_path / "out", grid=(0, 0, 15, 15), meta={"map": {"name": "t"}}, workers=2)
+        info = build_pyramid(
+            store, tmp_path / "out", grid=(0, 0, 15, 15), meta={"map": {"name": "t"}}, workers=2
+        )
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

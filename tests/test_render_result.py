@@ -32,7 +32,12 @@ def test_rgb_is_the_flat_palette_colour_of_each_class(result):
     assert np.array_equal(result.rgb, PALETTE[result.surface])
     assert np.array_equal(classes_from_rgb(result.rgb), result.surface)
     assert set(result.stats["classes_present"]) == {
-        "ground", "road", "water", "roof", "wall_left", "wall_right"
+        "ground",
+        "road",
+        "water",
+        "roof",
+        "wall_left",
+        "wall_right",
     }
     assert result.stats["buildings_drawn"] == 2
     assert sum(result.stats["class_pixels"].values()) == 1024 * 1024
@@ -65,7 +70,8 @@ def test_crop_keeps_world_position(result):
     assert np.array_equal(q.surface, result.surface[:512, 512:])
     assert np.array_equal(q.height, result.height[:512, 512:])
     assert q.stats["class_pixels"] == {
-        Surface(c).name.lower(): int(n) for c, n in zip(*np.unique(q.surface, return_counts=True), strict=True)
+        Surface(c).name.lower(): int(n)
+        for c, n in zip(*np.unique(q.surface, return_counts=True), strict=True)
     }
     with pytest.raises(ValueError, match="not inside the 1024×1024 render"):
         result.crop(600, 0, 512, 512)

@@ -217,7 +217,9 @@ def build_step_asset(
             raise dg.Failure(
                 description="context not ready, nothing was generated: " + "; ".join(missing[:10]),
                 metadata={"missing": dg.MetadataValue.json(missing[:50])},
-                allow_retries=True,
+                # Retrying inside this run cannot help: the wave scheduler requests the step again once its
+                # context is materialized (and a manual launch should fail at once, with this message).
+                allow_retries=False,
             )
         backend = generator.build()
         shas: dict[str, str] = {}

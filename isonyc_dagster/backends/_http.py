@@ -58,16 +58,24 @@ class HttpSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    timeout_s: float = Field(default=600.0, gt=0, description="read timeout of one request (model calls are slow)")
+    timeout_s: float = Field(
+        default=600.0, gt=0, description="read timeout of one request (model calls are slow)"
+    )
     connect_timeout_s: float = Field(default=10.0, gt=0)
     max_attempts: int = Field(default=5, ge=1, le=100, description="attempts per call, the first included")
     backoff_base_s: float = Field(default=1.0, ge=0, description="first backoff window; doubles per attempt")
-    backoff_max_s: float = Field(default=60.0, ge=0, description="cap on one backoff wait (not on Retry-After)")
+    backoff_max_s: float = Field(
+        default=60.0, ge=0, description="cap on one backoff wait (not on Retry-After)"
+    )
     max_retry_after_s: float = Field(
-        default=300.0, ge=0, description="a Retry-After longer than this ends the call (retryable) instead of waiting"
+        default=300.0,
+        ge=0,
+        description="a Retry-After longer than this ends the call (retryable) instead of waiting",
     )
     max_concurrency: int = Field(default=4, ge=1, le=1024, description="requests in flight per backend")
-    breaker_threshold: int = Field(default=5, ge=1, description="consecutive endpoint failures that open the circuit")
+    breaker_threshold: int = Field(
+        default=5, ge=1, description="consecutive endpoint failures that open the circuit"
+    )
     breaker_cooldown_s: float = Field(default=60.0, ge=0, description="how long an open circuit fails fast")
     max_response_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
 
@@ -80,7 +88,9 @@ def split_http_settings(settings: dict[str, Any]) -> tuple[HttpSettings, dict[st
     try:
         return HttpSettings(**http), rest
     except ValidationError as e:
-        msgs = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']} (got {x.get('input')!r})" for x in e.errors())
+        msgs = "; ".join(
+            f"{'.'.join(map(str, x['loc']))}: {x['msg']} (got {x.get('input')!r})" for x in e.errors()
+        )
         raise ValueError(f"invalid HTTP settings: {msgs}") from None
 
 
@@ -184,7 +194,9 @@ class CircuitBreaker:
     and only endpoint failures (a 429 or a 400 says the endpoint is alive).
     """
 
-    def __init__(self, name: str, threshold: int, cooldown_s: float, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self, name: str, threshold: int, cooldown_s: float, clock: Callable[[], float] = time.monotonic
+    ):
         self.name = name
         self.threshold = threshold
         self.cooldown_s = cooldown_s
@@ -404,7 +416,9 @@ def base_provenance(backend: str, model_id: str, request: GenerationRequest) -> 
 
 
 def _wait_strategy(settings: HttpSettings) -> Callable[[tenacity.RetryCallState], float]:
-    full_jitter = tenacity.wait_random_exponential(multiplier=settings.backoff_base_s, max=settings.backoff_max_s)
+    full_jitter = tenacity.wait_random_exponential(
+        multiplier=settings.backoff_base_s, max=settings.backoff_max_s
+    )
 
     def wait(state: tenacity.RetryCallState) -> float:
         backoff = full_jitter(state)
@@ -478,7 +492,12 @@ class ResilientTransport:
             wait = state.next_action.sleep if state.next_action else 0.0
             log.warning(
                 "%s: %s attempt %d/%d failed (%s); retrying in %.2f s",
-                self.name, what, state.attempt_number, limit, exc, wait,
+                self.name,
+                what,
+                state.attempt_number,
+                limit,
+                exc,
+                wait,
             )
 
         retrying = tenacity.Retrying(
@@ -536,7 +555,9 @@ class ResilientTransport:
                 raise err from None
             except httpx.TransportError as e:
                 err = AttemptError(
-                    clip(self.redact(f"connection failed ({type(e).__name__}: {e})")), transient=True, endpoint_failure=True
+                    clip(self.redact(f"connection failed ({type(e).__name__}: {e})")),
+                    transient=True,
+                    endpoint_failure=True,
                 )
                 self.breaker.record_failure(str(err))
                 raise err from None
@@ -553,17 +574,23 @@ class ResilientTransport:
         declared = response.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
             raise AttemptError(
-                f"response too large ({declared} bytes > {limit})", transient=False, status=response.status_code
+                f"response too large ({declared} bytes > {limit})",
+                transient=False,
+                status=response.status_code,
             )
         buf = bytearray()
         for chunk in response.iter_bytes():
             buf.extend(chunk)
             if len(buf) > limit:
-                raise AttemptError(f"response too large (> {limit} bytes)", transient=False, status=response.status_code)
+                raise AttemptError(
+                    f"response too large (> {limit} bytes)", transient=False, status=response.status_code
+                )
         return bytes(buf)
 
     @contextlib.contextmanager
-    def stream(self, method: str, url: str, *, download: bool = False, **kwargs: Any) -> Iterator[httpx.Response]:
+    def stream(
+        self, method: str, url: str, *, download: bool = False, **kwargs: Any
+    ) -> Iterator[httpx.Response]:
         client = self.download_client if download else self.client
         with client.stream(method, url, **kwargs) as response:
             yield response
@@ -669,7 +696,9 @@ def parse_model(model: type[BaseModel], data: Any, *, what: str) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(map(str, x['loc'])) or '(root)'}: {x['msg']}" for x in e.errors()[:3])
+        problems = "; ".join(
+            f"{'.'.join(map(str, x['loc'])) or '(root)'}: {x['msg']}" for x in e.errors()[:3]
+        )
         raise AttemptError(
             f"{what}: response does not match the expected schema ({problems})",
             transient=True,
@@ -677,7 +706,9 @@ def parse_model(model: type[BaseModel], data: Any, *, what: str) -> Any:
         ) from None
 
 
-def checked(data: bytes, *, expected_size: tuple[int, int], what: str, formats: tuple[str, ...] = ("PNG",)) -> CheckedImage:
+def checked(
+    data: bytes, *, expected_size: tuple[int, int], what: str, formats: tuple[str, ...] = ("PNG",)
+) -> CheckedImage:
     """:func:`validate_image` with failures as retryable attempt errors (a later sample may be fine)."""
     try:
         return validate_image(data, expected_size=expected_size, what=what, formats=formats)

@@ -176,6 +176,8 @@ _SPRITE_KEYS = {
     "L": "conc_l",
     "R": "conc_s",
     "D": "win_dark",
+    "G": "glass_s",
+    "H": "glass_hi",
 }
 
 _SPRITES_TXT: dict[str, list[str]] = {
@@ -225,11 +227,13 @@ _SPRITES_TXT: dict[str, list[str]] = {
         "..o...o..",
         ".oo...oo.",
     ],
-    "vents": [
-        ".o...o.",
-        "opo.opo",
-        "opo.opo",
-        ".o...o.",
+    "skylight": [
+        ".oooooo.",
+        "oGGGGGGo",
+        "oGHGGHGo",
+        "oGGGGGGo",
+        "oLLLLLLo",
+        ".oooooo.",
     ],
 }
 

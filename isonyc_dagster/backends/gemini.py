@@ -97,7 +97,9 @@ def aspect_ratio(size: tuple[int, int], *, backend: str) -> str:
     g = gcd(w, h)
     ratio = f"{w // g}:{h // g}"
     if ratio not in _ASPECT_RATIOS:
-        raise BackendError(f"{backend}: template {w}×{h} has aspect ratio {ratio}, which the model cannot produce")
+        raise BackendError(
+            f"{backend}: template {w}×{h} has aspect ratio {ratio}, which the model cannot produce"
+        )
     return ratio
 
 
@@ -135,9 +137,9 @@ def build_generate_content(
     }
 
 
-def extract_image(data: Any, *, what: str, expected_size: tuple[int, int], formats: tuple[str, ...]) -> tuple[
-    _http.CheckedImage, str | None
-]:
+def extract_image(
+    data: Any, *, what: str, expected_size: tuple[int, int], formats: tuple[str, ...]
+) -> tuple[_http.CheckedImage, str | None]:
     """The answer image of a ``generateContent`` response (validated), and the model version."""
     resp: GenerateContentResponse = _http.parse_model(GenerateContentResponse, data, what=what)
     if resp.prompt_feedback and resp.prompt_feedback.block_reason:
@@ -160,7 +162,9 @@ def extract_image(data: Any, *, what: str, expected_size: tuple[int, int], forma
         raw = _http.decode_b64(images[0].data, what=f"{what} image")
     except _http.InvalidImage as e:
         raise AttemptError(str(e), transient=True) from None
-    return _http.checked(raw, expected_size=expected_size, what=f"{what} image", formats=formats), resp.model_version
+    return _http.checked(
+        raw, expected_size=expected_size, what=f"{what} image", formats=formats
+    ), resp.model_version
 
 
 def check_style_refs(refs: tuple[bytes, ...], *, backend: str) -> None:
@@ -184,7 +188,7 @@ class GeminiBackend(ImageBackend):
         base_url: str = "https://generativelanguage.googleapis.com",
         api_version: str = "v1beta",
         default_prompt: str = DEFAULT_PROMPT,
-        image_size: str = "1K",
+        image_size: str | None = "1K",
         max_style_refs: int = 1,
         require_style_ref: bool = True,
         accept_formats: tuple[str, ...] = ("PNG", "JPEG", "WEBP"),
@@ -192,8 +196,10 @@ class GeminiBackend(ImageBackend):
     ) -> None:
         if not api_key:
             raise ValueError("gemini api_key is empty; set it from the environment (e.g. GEMINI_API_KEY)")
-        if image_size not in _IMAGE_SIZE_SIDE:
-            raise ValueError(f"gemini image_size must be one of {sorted(_IMAGE_SIZE_SIDE)}, got {image_size!r}")
+        if image_size is not None and image_size not in _IMAGE_SIZE_SIDE:
+            raise ValueError(
+                f"gemini image_size must be one of {sorted(_IMAGE_SIZE_SIDE)} or None (model default), got {image_size!r}"
+            )
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"gemini base_url must be an http(s) URL, got {base_url!r}")
         self.model_id = model
@@ -214,8 +220,8 @@ class GeminiBackend(ImageBackend):
     def generate(self, request: GenerationRequest) -> GenerationResult:
         start = time.monotonic()
         size = _http.template_size(request, backend=self.name)
-        side = _IMAGE_SIZE_SIDE[self.image_size]
-        if size[0] != size[1] or size[0] != side:
+        side = _IMAGE_SIZE_SIDE.get(self.image_size or "", 0)
+        if side and (size[0] != size[1] or size[0] != side):
             # Fail before paying for a call whose answer could only be refused (we never resize).
             raise BackendError(
                 f"gemini: template is {size[0]}×{size[1]} but image_size={self.image_size} answers {side}×{side}; "
@@ -241,8 +247,12 @@ class GeminiBackend(ImageBackend):
         headers = {"x-goog-api-key": self._api_key.get_secret_value(), "Content-Type": "application/json"}
 
         def attempt() -> tuple[_http.CheckedImage, str | None]:
-            data = self.transport.request_json("POST", url, what="generateContent", json=body, headers=headers)
-            return extract_image(data, what="generateContent", expected_size=size, formats=self.accept_formats)
+            data = self.transport.request_json(
+                "POST", url, what="generateContent", json=body, headers=headers
+            )
+            return extract_image(
+                data, what="generateContent", expected_size=size, formats=self.accept_formats
+            )
 
         (image, model_version), attempts = self.transport.call(attempt, what="generateContent")
         provenance = _http.base_provenance(self.name, self.model_id, request)

@@ -64,9 +64,13 @@ class ModalBackend(ImageBackend):
         http: HttpSettings | None = None,
     ) -> None:
         if not endpoint.startswith(("http://", "https://")):
-            raise ValueError(f"modal endpoint must be an http(s) URL of the edit_b64 endpoint, got {endpoint!r}")
+            raise ValueError(
+                f"modal endpoint must be an http(s) URL of the edit_b64 endpoint, got {endpoint!r}"
+            )
         if (token_id is None) != (token_secret is None):
-            raise ValueError("modal proxy auth needs both token_id (Modal-Key) and token_secret (Modal-Secret), or neither")
+            raise ValueError(
+                "modal proxy auth needs both token_id (Modal-Key) and token_secret (Modal-Secret), or neither"
+            )
         if not 1 <= steps <= 100:
             raise ValueError(f"modal steps must be within 1..100, got {steps}")
         self.endpoint = endpoint
@@ -106,7 +110,9 @@ class ModalBackend(ImageBackend):
         headers = self._headers()
 
         def attempt() -> tuple[_http.CheckedImage, EditResponse]:
-            data = self.transport.request_json("POST", self.endpoint, what="edit_b64", json=payload, headers=headers)
+            data = self.transport.request_json(
+                "POST", self.endpoint, what="edit_b64", json=payload, headers=headers
+            )
             resp = _http.parse_model(EditResponse, data, what="edit_b64")
             if resp.seed != seed:
                 raise AttemptError(

@@ -129,8 +129,13 @@ class GCSTemplateUploader:
             try:
                 blob.delete()
             except Exception as e:  # a failed cleanup must not mask the call's own outcome
-                log.warning("oxen: could not delete staged template gs://%s/%s (%s); the bucket lifecycle "
-                            "rule will remove it", self.bucket_name, name, type(e).__name__)
+                log.warning(
+                    "oxen: could not delete staged template gs://%s/%s (%s); the bucket lifecycle "
+                    "rule will remove it",
+                    self.bucket_name,
+                    name,
+                    type(e).__name__,
+                )
 
 
 class OxenImageItem(BaseModel):
@@ -166,7 +171,9 @@ class OxenBackend(ImageBackend):
         if not api_key:
             raise ValueError("oxen api_key is empty; set it from the environment (e.g. OXEN_API_KEY)")
         if not model:
-            raise ValueError("oxen model is empty; give the model id of the fine-tune (e.g. cannoneyed-quiet-green-lamprey)")
+            raise ValueError(
+                "oxen model is empty; give the model id of the fine-tune (e.g. cannoneyed-quiet-green-lamprey)"
+            )
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"oxen base_url must be an http(s) URL, got {base_url!r}")
         self.model_id = model
@@ -215,7 +222,9 @@ class OxenBackend(ImageBackend):
                 payload["negative_prompt"] = request.negative_prompt
 
             def post() -> OxenEditResponse:
-                data = self.transport.request_json("POST", url, what="images/edit", json=payload, headers=headers)
+                data = self.transport.request_json(
+                    "POST", url, what="images/edit", json=payload, headers=headers
+                )
                 return _http.parse_model(OxenEditResponse, data, what="images/edit")
 
             resp, attempts = self.transport.call(post, what="images/edit")
@@ -228,7 +237,9 @@ class OxenBackend(ImageBackend):
                 raw = self.transport.download(result_url, what="result download", retry_statuses=(403, 404))
                 return _http.checked(raw, expected_size=size, what="oxen result image")
 
-            image, dl_attempts = self.transport.call(download, what="result download", max_attempts=self.download_attempts)
+            image, dl_attempts = self.transport.call(
+                download, what="result download", max_attempts=self.download_attempts
+            )
         provenance = _http.base_provenance(self.name, self.model_id, request)
         provenance.update(
             seed=None,  # the Oxen edit API takes no seed; each call is a fresh sample

@@ -57,12 +57,22 @@ class PixelArtBackend(ImageBackend):
 
     def __init__(
         self,
-        map_config: MapConfig | None = None,
+        map_config: MapConfig | dict[str, Any] | None = None,
         *,
-        params: StyleParams | None = None,
+        params: StyleParams | dict[str, Any] | None = None,
         harmonize: bool = True,
         png_compress_level: int = 6,
     ) -> None:
+        # Dicts are accepted so the backend can be built from flat JSON settings (backends.registry).
+        if isinstance(map_config, dict):
+            map_config = MapConfig.model_validate(map_config)
+        if isinstance(params, dict):
+            unknown = sorted(set(params) - set(StyleParams.__dataclass_fields__))
+            if unknown:
+                raise ValueError(
+                    f"unknown pixel-art style parameter(s) {unknown}; valid: {sorted(StyleParams.__dataclass_fields__)}"
+                )
+            params = StyleParams(**params)
         self.geometry = MapGeometry(map_config or MapConfig())
         self.camera = Camera.from_geometry(self.geometry)
         self.params = params or StyleParams()
@@ -132,6 +142,7 @@ class PixelArtBackend(ImageBackend):
             self.camera,
             self.params,
             sprite_box=(bx0 - rx0, by0 - ry0, bx1 - rx0, by1 - ry0),
+            context_rgb=template[win],
         )
         gen = pal.RGB[idx]  # region (ry0:ry1, rx0:rx1)
         out = template.copy()
@@ -267,17 +278,24 @@ def infer_buffers(
     preprocessed); the red border and anything unrecognised take the class of the nearest recognised
     pixel. Building ids and heights are estimated (see ``_infer_building_height``).
     """
-    rgb = rgb.astype(np.int32)
-    pal_rgb = PALETTE.astype(np.int32)
-    d = np.abs(rgb[..., None, :] - pal_rgb[None, None, 1:, :]).sum(-1)  # (H, W, 7)
-    best = np.argmin(d, axis=-1)
-    surface = (best + 1).astype(np.uint8)
-    red = np.abs(rgb - np.array(BORDER_RGB)).sum(-1) < 60
-    unknown = (np.take_along_axis(d, best[..., None], -1)[..., 0] > 90) | red
-    if unknown.all():
+    surface = _exact_classes(rgb)
+    unknown = surface == 0
+    if unknown.any():
+        # Off-palette pixels (preprocessed renders): nearest render colour within a tolerance.
+        px = rgb[unknown].astype(np.int32)
+        d = np.abs(px[:, None, :] - PALETTE[None, 1:, :].astype(np.int32)).sum(-1)
+        best = np.argmin(d, axis=-1)
+        near = d[np.arange(len(px)), best] <= 90
+        near &= np.abs(px - np.array(BORDER_RGB)).sum(-1) >= 60  # the red border is no class
+        cls = np.where(near, best + 1, 0).astype(np.uint8)
+        surface[unknown] = cls
+        unknown = surface == 0
+    # Half the infill unrecognisable: this is not a render (a photo, an already generated tile, ...).
+    if unknown.mean() > 0.5:
         raise BackendError(
-            "the infill holds no whitebox render colours (surfaces.SURFACE_RGB) and no aux buffers were "
-            "given: pass aux={'surface', 'building', 'height'} or a template with render pixels in the infill"
+            f"the infill holds no whitebox render colours (surfaces.SURFACE_RGB): {unknown.mean():.0%} of its "
+            "pixels match none, and no aux buffers were given; pass aux={'surface', 'building', 'height'} or "
+            "a template with the whitebox render in the infill"
         )
     if unknown.any():
         _, (iy, ix) = ndimage.distance_transform_edt(unknown, return_indices=True)

@@ -19,6 +19,17 @@ BACKENDS: dict[str, tuple[str, str]] = {
 }
 
 
+#: Generic setting names (what ``GeneratorResource`` passes: ``url``, ``api_key``, ``auth_secret``) → each
+#: backend's own parameter names.
+SETTING_ALIASES: dict[str, dict[str, str]] = {
+    # Modal proxy auth: token id → Modal-Key, token secret → Modal-Secret
+    "modal": {"url": "endpoint", "api_key": "token_id", "auth_secret": "token_secret"},
+    "oxen": {"url": "base_url"},
+    "gemini": {"url": "base_url"},
+    "vertex": {"url": "endpoint"},
+}
+
+
 def backend_class(name: str) -> type[ImageBackend]:
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}")
@@ -36,10 +47,22 @@ def make_backend(name: str, **settings: Any) -> ImageBackend:
     :class:`HttpSettings`) may be given flat next to the backend's own; unknown names are an error
     that lists the valid ones. For ``oxen`` pass ``uploader=`` or ``bucket=`` (+ optional
     ``uploader_prefix``, ``url_ttl_s``); for ``vertex`` a missing ``token_provider`` means
-    Application Default Credentials.
+    Application Default Credentials. The generic names ``url``/``api_key``/``auth_secret`` map to
+    each backend's own (see :data:`SETTING_ALIASES`). Errors name settings, never their values.
     """
     cls = backend_class(name)
     params = inspect.signature(cls.__init__).parameters
+    settings = dict(settings)
+    for generic, own in SETTING_ALIASES.get(name, {}).items():
+        if generic in settings:
+            if own in settings:
+                raise ValueError(f"backend {name!r}: give {own} or {generic}, not both")
+            settings[own] = settings.pop(generic)
+    if name == "vertex" and ("api_key" in settings or "auth_secret" in settings):
+        raise ValueError(
+            "backend 'vertex' authenticates with Google Application Default Credentials (a bearer token from "
+            "token_provider), not an API key; unset api_key/auth_secret for it"
+        )
     takes_http = "http" in params
     rest = dict(settings)
     if takes_http and "http" not in rest:
@@ -49,7 +72,9 @@ def make_backend(name: str, **settings: Any) -> ImageBackend:
         rest["http"] = HttpSettings(**rest["http"])
     if name == "oxen" and "uploader" not in rest:
         if "bucket" not in rest:
-            raise ValueError("backend 'oxen' needs uploader= or bucket= (the GCS bucket for short-lived templates)")
+            raise ValueError(
+                "backend 'oxen' needs uploader= or bucket= (the GCS bucket for short-lived templates)"
+            )
         from .oxen import GCSTemplateUploader
 
         up_kwargs = {"prefix": rest.pop("uploader_prefix", "isonyc-templates/")}
@@ -70,7 +95,9 @@ def make_backend(name: str, **settings: Any) -> ImageBackend:
     missing = [
         p
         for p, spec in params.items()
-        if p != "self" and spec.default is inspect.Parameter.empty and spec.kind is not inspect.Parameter.VAR_KEYWORD
+        if p != "self"
+        and spec.default is inspect.Parameter.empty
+        and spec.kind is not inspect.Parameter.VAR_KEYWORD
         and p not in rest
     ]
     if missing:

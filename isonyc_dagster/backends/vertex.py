@@ -34,9 +34,9 @@ from .modal import DEFAULT_PROMPT as INFILL_PROMPT
 from .modal import new_seed
 
 
-def google_auth_token_provider(scopes: tuple[str, ...] = ("https://www.googleapis.com/auth/cloud-platform",)) -> Callable[
-    [], str
-]:
+def google_auth_token_provider(
+    scopes: tuple[str, ...] = ("https://www.googleapis.com/auth/cloud-platform",),
+) -> Callable[[], str]:
     """A token callable backed by Application Default Credentials (refreshed when expired)."""
     import google.auth
     import google.auth.transport.requests
@@ -108,7 +108,11 @@ class VertexBackend(ImageBackend):
         if retry_max < 0 or retry_max_ms < 0 or fallback_after_429s < 1:
             raise ValueError("vertex retry_max and retry_max_ms must be >= 0 and fallback_after_429s >= 1")
         if endpoint is None:
-            endpoint = "https://aiplatform.googleapis.com" if location == "global" else f"https://{location}-aiplatform.googleapis.com"
+            endpoint = (
+                "https://aiplatform.googleapis.com"
+                if location == "global"
+                else f"https://{location}-aiplatform.googleapis.com"
+            )
         if not endpoint.startswith(("http://", "https://")):
             raise ValueError(f"vertex endpoint must be an http(s) URL, got {endpoint!r}")
         self.project = project
@@ -126,7 +130,9 @@ class VertexBackend(ImageBackend):
         self.accept_formats = tuple(accept_formats)
         self._token_provider = token_provider
         base = http or HttpSettings()
-        settings = base.model_copy(update={"max_attempts": retry_max + 1, "backoff_max_s": retry_max_ms / 1000.0})
+        settings = base.model_copy(
+            update={"max_attempts": retry_max + 1, "backoff_max_s": retry_max_ms / 1000.0}
+        )
         self.transport = ResilientTransport("vertex", settings)
 
     def __repr__(self) -> str:
@@ -152,7 +158,9 @@ class VertexBackend(ImageBackend):
         self.transport.redact.add(token)
         return {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
 
-    def _body(self, model: str, request: GenerationRequest, size: tuple[int, int], seed: int) -> tuple[str, dict[str, Any]]:
+    def _body(
+        self, model: str, request: GenerationRequest, size: tuple[int, int], seed: int
+    ) -> tuple[str, dict[str, Any]]:
         if model.startswith("imagen"):
             if request.infill_box is None:
                 raise BackendError(f"vertex: {model} inpaints a mask and needs request.infill_box")
@@ -208,15 +216,21 @@ class VertexBackend(ImageBackend):
 
         def attempt() -> tuple[_http.CheckedImage, str | None]:
             headers = self._headers()
-            data = self.transport.request_json("POST", url, what=f"{model}:{method}", json=body, headers=headers)
+            data = self.transport.request_json(
+                "POST", url, what=f"{model}:{method}", json=body, headers=headers
+            )
             if method == "predict":
                 resp: ImagenResponse = _http.parse_model(ImagenResponse, data, what=f"{model}:predict")
                 try:
                     raw = _http.decode_b64(resp.predictions[0].bytesBase64Encoded, what=f"{model} image")
                 except _http.InvalidImage as e:
                     raise AttemptError(str(e), transient=True) from None
-                return _http.checked(raw, expected_size=size, what=f"{model} image", formats=self.accept_formats), None
-            return extract_image(data, what=f"{model}:generateContent", expected_size=size, formats=self.accept_formats)
+                return _http.checked(
+                    raw, expected_size=size, what=f"{model} image", formats=self.accept_formats
+                ), None
+            return extract_image(
+                data, what=f"{model}:generateContent", expected_size=size, formats=self.accept_formats
+            )
 
         def give_up(err: AttemptError) -> bool:
             nonlocal seen_429
@@ -233,7 +247,9 @@ class VertexBackend(ImageBackend):
         size = _http.template_size(request, backend=self.name)
         refs = request.style_refs[: self.max_style_refs]
         if self.require_style_ref and not refs:
-            raise BackendError("vertex: no style reference in the request; pass one 2×2 reference tile in style_refs")
+            raise BackendError(
+                "vertex: no style reference in the request; pass one 2×2 reference tile in style_refs"
+            )
         check_style_refs(refs, backend=self.name)
         seed = request.seed if request.seed is not None else new_seed()
         models = [self.model_id] + ([self.fallback_model] if self.fallback_model else [])
@@ -246,9 +262,19 @@ class VertexBackend(ImageBackend):
             except CallFailed as e:
                 total_attempts += e.attempts
                 if e.rate_limited and not is_last:
-                    fallbacks.append({"from": model, "to": models[i + 1], "reason": "rate limited (429 RESOURCE_EXHAUSTED)"})
+                    fallbacks.append(
+                        {
+                            "from": model,
+                            "to": models[i + 1],
+                            "reason": "rate limited (429 RESOURCE_EXHAUSTED)",
+                        }
+                    )
                     continue
-                tried = f" (after falling back from {', '.join(f['from'] for f in fallbacks)})" if fallbacks else ""
+                tried = (
+                    f" (after falling back from {', '.join(f['from'] for f in fallbacks)})"
+                    if fallbacks
+                    else ""
+                )
                 raise CallFailed(
                     f"{e}{tried}",
                     retryable=e.retryable,

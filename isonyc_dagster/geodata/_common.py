@@ -80,7 +80,7 @@ PARK_VALUES = frozenset(
     }
 )
 
-#: Right-of-way widths (m) by OSM highway class when a road carries neither ``width`` nor ``lanes``.
+#: Paved widths (m) by OSM highway class, for roads that carry neither ``width`` nor ``lanes``.
 ROAD_WIDTH_M = {
     "motorway": 16.0,
     "trunk": 16.0,
@@ -144,6 +144,12 @@ class ReadReport:
     def warn(self, msg: str) -> None:
         self.warnings.append(msg)
         log.warning("%s: %s", self.source, msg)
+
+    def warn_ids(self, what: str, ids: Sequence[str], limit: int = 20) -> None:
+        """One warning naming (up to ``limit``) features, e.g. the ids of dropped polygons."""
+        if ids:
+            more = f" (+{len(ids) - limit} more)" if len(ids) > limit else ""
+            self.warn(f"{what}: {', '.join(ids[:limit])}{more}")
 
     def as_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if k not in ("dropped_empty", "warnings")}
@@ -243,13 +249,15 @@ def _norm(name: str) -> str:
 
 
 class Columns:
-    """Attribute columns with case-insensitive lookup by a list of candidate names."""
+    """Attribute columns with case-insensitive lookup, parsed column-wise (not row by row) so that
+    normalizing tens of thousands of features costs a few numpy passes."""
 
     def __init__(self, columns: Mapping[str, Sequence[Any]], n: int) -> None:
         self.n = n
         self._cols: dict[str, Sequence[Any]] = {}
         for name, values in columns.items():
             self._cols.setdefault(_norm(name), values)
+        self._cache: dict[tuple, Any] = {}
 
     def names(self) -> list[str]:
         return list(self._cols)
@@ -260,15 +268,53 @@ class Columns:
     def get(self, name: str) -> Sequence[Any] | None:
         return self._cols.get(_norm(name))
 
-    def first(self, names: Sequence[str], i: int) -> Any:
-        """Value of row ``i`` in the first candidate column that has a non-empty value there."""
+    def _parsed(self, name: str, kind: str) -> np.ndarray | None:
+        key = (name, kind)
+        if key not in self._cache:
+            col = self.get(name)
+            self._cache[key] = None if col is None else _parse_column(col, kind)
+        return self._cache[key]
+
+    def lengths(self, names: Sequence[str], unit: str = "m") -> np.ndarray:
+        """Metres per row from the first candidate column with a usable (> 0) length; NaN if none."""
+        return self._coalesce(names, f"len_{unit}")
+
+    def numbers(self, names: Sequence[str]) -> np.ndarray:
+        """Numbers per row from the first candidate column that has one; NaN if none."""
+        return self._coalesce(names, "num")
+
+    def texts(self, names: Sequence[str]) -> list[str | None]:
+        """Stripped text per row from the first candidate column that has one; None if none."""
+        out: list[str | None] = [None] * self.n
         for name in names:
-            col = self._cols.get(_norm(name))
+            col = self._parsed(name, "text")
             if col is not None:
-                v = col[i]
-                if not _is_null(v):
-                    return v
-        return None
+                out = [o if o is not None else v for o, v in zip(out, col, strict=True)]
+        return out
+
+    def _coalesce(self, names: Sequence[str], kind: str) -> np.ndarray:
+        out = np.full(self.n, np.nan)
+        for name in names:
+            col = self._parsed(name, kind)
+            if col is not None:
+                out = np.where(np.isnan(out), col, out)
+        return out
+
+
+def _parse_column(values: Sequence[Any], kind: str) -> Any:
+    if kind == "text":
+        return [_text(v) for v in values]
+    if all(v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in values):
+        # Typed numeric column (GeoPackage/Shapefile/GeoJSON numbers): no per-value parsing.
+        arr = np.array([np.nan if v is None else v for v in values], dtype=float)
+        if kind == "num":
+            return arr
+        arr = arr * (FEET if kind == "len_ft" else 1.0)
+        return np.where(np.isfinite(arr) & (arr > 0), arr, np.nan)
+    if kind == "num":
+        return np.array([np.nan if (x := parse_number(v)) is None else x for v in values], dtype=float)
+    unit = "ft" if kind == "len_ft" else "m"
+    return np.array([np.nan if (x := parse_length(v, unit=unit)) is None else x for v in values], dtype=float)
 
 
 def _is_null(v: Any) -> bool:
@@ -351,24 +397,31 @@ def polygonal(geom: BaseGeometry | None) -> Polygon | MultiPolygon | None:
 
 
 def repair_polygons(geoms: np.ndarray, ids: Sequence[str], report: ReadReport, what: str) -> list:
-    """Make invalid polygons valid (keeping polygonal parts); None for those that end up empty."""
+    """Make invalid polygons valid (keeping polygonal parts); None for those that end up empty or
+    degenerate, reported by id in one warning."""
     geoms = np.asarray(geoms, dtype=object)
-    out: list[Polygon | MultiPolygon | None] = [None] * len(geoms)
-    valid = shapely.is_valid(geoms)
-    for i, g in enumerate(geoms):
-        if g is None:
-            poly = None
-        elif valid[i]:
-            poly = polygonal(g)
-        else:
-            poly = polygonal(shapely.make_valid(g))
-            report.repaired += 1
-        if poly is None or poly.area < MIN_POLYGON_AREA_M2:
-            report.dropped_empty.append(ids[i])
-            report.warn(f"dropped {what} {ids[i]}: its geometry is empty or has no area (< {MIN_POLYGON_AREA_M2} m²)")
-            poly = None
-        out[i] = poly
-    return out
+    out = geoms.copy()
+    present = ~shapely.is_missing(geoms)
+    invalid = present & ~shapely.is_valid(geoms)
+    report.repaired += int(invalid.sum())
+    for i in np.flatnonzero(invalid):
+        out[i] = polygonal(shapely.make_valid(geoms[i]))
+    types = shapely.get_type_id(out)
+    # Single-part MultiPolygons become Polygons; collections keep only their polygons.
+    single = (types == 6) & (shapely.get_num_geometries(out) == 1)
+    out[single] = shapely.get_geometry(out[single], 0)
+    for i in np.flatnonzero(~np.isin(types, (-1, 3, 6))):
+        out[i] = polygonal(out[i])
+    area = shapely.area(out)
+    bad = ~(area >= MIN_POLYGON_AREA_M2)  # NaN (missing) counts as bad
+    out[bad] = None
+    dropped = [ids[i] for i in np.flatnonzero(bad)]
+    report.dropped_empty += dropped
+    report.warn_ids(
+        f"dropped {len(dropped)} {what}(s) whose geometry is empty or degenerate (< {MIN_POLYGON_AREA_M2} m²)",
+        dropped,
+    )
+    return list(out)
 
 
 def unique_ids(raw: Sequence[str | None], prefix: str) -> list[str]:
@@ -384,41 +437,28 @@ def unique_ids(raw: Sequence[str | None], prefix: str) -> list[str]:
 
 
 def row_ids(cols: Columns, prefix: str) -> list[str]:
-    return unique_ids([_text(cols.first(ID_FIELDS, i)) for i in range(cols.n)], prefix)
+    return unique_ids(cols.texts(ID_FIELDS), prefix)
 
 
 # --- normalization per kind -------------------------------------------------------------------------
-def building_height(cols: Columns, i: int) -> tuple[float, float, bool]:
-    """(height_m, base_m, estimated) for row ``i`` from whatever height fields the source has."""
-    height = None
-    for name in HEIGHT_M_FIELDS:
-        height = parse_length(cols.first((name,), i), unit="m")
-        if height is not None:
-            break
-    if height is None:
-        for name in HEIGHT_FT_FIELDS:
-            height = parse_length(cols.first((name,), i), unit="ft")
-            if height is not None:
-                break
-    base = None
-    for name in BASE_M_FIELDS:
-        base = parse_length(cols.first((name,), i), unit="m")
-        if base is not None:
-            break
-    if base is None:
-        min_level = parse_number(cols.first(MIN_LEVEL_FIELDS, i))
-        base = min_level * LEVEL_HEIGHT_M if min_level and min_level > 0 else 0.0
-    if height is not None:
-        return height, base, False
-    levels = parse_number(cols.first(LEVELS_FIELDS, i))
-    est = levels * LEVEL_HEIGHT_M if levels and levels > 0 else DEFAULT_UNKNOWN_HEIGHT_M
+def building_heights(cols: Columns) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(height_m, base_m, estimated) per row from whatever height fields the source has: metres fields
+    first, then DOITT feet; unknown heights come from levels × 3.2 m or DEFAULT_UNKNOWN_HEIGHT_M."""
+    height = cols.lengths(HEIGHT_M_FIELDS, "m")
+    height = np.where(np.isnan(height), cols.lengths(HEIGHT_FT_FIELDS, "ft"), height)
+    base = cols.lengths(BASE_M_FIELDS, "m")
+    min_level = cols.numbers(MIN_LEVEL_FIELDS)
+    base = np.where(np.isnan(base), np.where(min_level > 0, min_level * LEVEL_HEIGHT_M, 0.0), base)
+    levels = cols.numbers(LEVELS_FIELDS)
+    estimated = np.isnan(height)
+    guess = np.where(levels > 0, levels * LEVEL_HEIGHT_M, DEFAULT_UNKNOWN_HEIGHT_M)
     # A part that starts high up (min_height) still needs some volume of its own.
-    return max(est, base + LEVEL_HEIGHT_M), base, True
+    guess = np.maximum(guess, base + LEVEL_HEIGHT_M)
+    return np.where(estimated, guess, height), base, estimated
 
 
-def is_placeholder(cols: Columns, i: int) -> bool:
-    code = parse_number(cols.first(FEATURE_CODE_FIELDS, i))
-    return code is not None and int(code) == PLACEHOLDER_FEATURE_CODE
+def placeholders(cols: Columns) -> np.ndarray:
+    return cols.numbers(FEATURE_CODE_FIELDS) == PLACEHOLDER_FEATURE_CODE
 
 
 def make_buildings(
@@ -433,50 +473,51 @@ def make_buildings(
 ) -> list[Building]:
     """Buildings from ground-metre geometries and their attribute rows (``rows[k]`` is the row of
     ``geoms[k]``; default 0..n-1)."""
-    rows = range(len(geoms)) if rows is None else rows
-    keep_rows, keep_geoms, keep_ids = [], [], []
-    for g, r in zip(geoms, rows, strict=True):
-        if skip_placeholders and is_placeholder(cols, r):
-            report.skipped_placeholders += 1
-            continue
-        keep_rows.append(r)
-        keep_geoms.append(g)
-        keep_ids.append(ids[r])
-    fixed = repair_polygons(np.asarray(keep_geoms, dtype=object), keep_ids, report, "building")
-    out: list[Building] = []
-    for g, r, bid in zip(fixed, keep_rows, keep_ids, strict=True):
-        if g is None:
-            continue
-        height, base, estimated = building_height(cols, r)
-        if base >= height:
-            report.warn(
-                f"building {bid}: base {base:.1f} m is not below its roof {height:.1f} m; base set to 0"
-            )
-            base = 0.0
-        report.heights_estimated += estimated
-        out.append(
-            Building(
-                id=bid,
-                footprint=g,
-                height_m=round(height, 3),
-                base_m=round(base, 3),
-                height_estimated=estimated,
-                source=source,
-                name=_text(cols.first(NAME_FIELDS, r)),
-            )
+    geoms = np.asarray(list(geoms), dtype=object)
+    rows_a = np.arange(len(geoms)) if rows is None else np.asarray(rows, dtype=int)
+    if skip_placeholders:
+        ph = placeholders(cols)[rows_a] if len(rows_a) else np.zeros(0, bool)
+        if ph.any():
+            report.skipped_placeholders += int(ph.sum())
+            report.warn(f"skipped {int(ph.sum())} placeholder footprint(s) (feature_code 1003)")
+            geoms, rows_a = geoms[~ph], rows_a[~ph]
+    bids = [ids[r] for r in rows_a]
+    fixed = repair_polygons(geoms, bids, report, "building")
+    height, base, estimated = (a[rows_a] for a in building_heights(cols))
+    bad_base = base >= height
+    if bad_base.any():
+        base = np.where(bad_base, 0.0, base)
+        report.warn_ids(
+            "base (min_height) not below the roof, set to 0 for", [bids[k] for k in np.flatnonzero(bad_base)]
         )
-    if report.skipped_placeholders:
-        report.warn(f"skipped {report.skipped_placeholders} placeholder footprint(s) (feature_code 1003)")
+    names = cols.texts(NAME_FIELDS)
+    out = [
+        Building(
+            id=bids[k],
+            footprint=g,
+            height_m=round(float(height[k]), 3),
+            base_m=round(float(base[k]), 3),
+            height_estimated=bool(estimated[k]),
+            source=source,
+            name=names[r],
+        )
+        for k, (g, r) in enumerate(zip(fixed, rows_a.tolist(), strict=True))
+        if g is not None
+    ]
+    report.heights_estimated += sum(b.height_estimated for b in out)
     report.buildings += len(out)
     return out
 
 
-def park_kind(cols: Columns, i: int, default: str = "park") -> str:
+def park_kinds(cols: Columns, default: str = "park") -> list[str]:
+    out: list[str | None] = [None] * cols.n
     for name in ("kind", "leisure", "landuse"):
-        v = _text(cols.first((name,), i))
-        if v and v.lower() in PARK_VALUES:
-            return v.lower()
-    return default
+        vals = cols.texts((name,))
+        out = [
+            o if o is not None else (v.lower() if v and v.lower() in PARK_VALUES else None)
+            for o, v in zip(out, vals, strict=True)
+        ]
+    return [o or default for o in out]
 
 
 def make_parks(
@@ -490,8 +531,9 @@ def make_parks(
     rows = list(range(len(geoms)) if rows is None else rows)
     pids = [ids[r] for r in rows]
     fixed = repair_polygons(np.asarray(list(geoms), dtype=object), pids, report, "park")
+    kinds, names = park_kinds(cols), cols.texts(NAME_FIELDS)
     out = [
-        Park(id=pid, geometry=g, kind=park_kind(cols, r), name=_text(cols.first(NAME_FIELDS, r)))
+        Park(id=pid, geometry=g, kind=kinds[r], name=names[r])
         for g, r, pid in zip(fixed, rows, pids, strict=True)
         if g is not None
     ]
@@ -499,13 +541,12 @@ def make_parks(
     return out
 
 
-def road_width(kind: str, width: Any = None, lanes: Any = None) -> float:
-    w = parse_length(width, unit="m")
-    if w is not None and w < 100:
-        return w
-    n = parse_number(lanes)
-    if n and 0 < n < 20:
-        return n * LANE_WIDTH_M + 2.0
+def road_width(kind: str, width: float = math.nan, lanes: float = math.nan) -> float:
+    """Road width: the ``width`` tag if plausible, else lanes × 3.3 m + 2 m, else the class default."""
+    if 0 < width < 100:
+        return float(width)
+    if 0 < lanes < 20:
+        return lanes * LANE_WIDTH_M + 2.0
     return ROAD_WIDTH_M.get(kind, DEFAULT_ROAD_WIDTH_M)
 
 
@@ -518,13 +559,14 @@ def make_roads(
     rows: Sequence[int] | None = None,
 ) -> list[Road]:
     rows = list(range(len(geoms)) if rows is None else rows)
+    kinds, names = cols.texts(("highway", "kind")), cols.texts(NAME_FIELDS)
+    widths, lanes = cols.lengths(WIDTH_FIELDS, "m"), cols.numbers(LANES_FIELDS)
     out: list[Road] = []
     for g, r in zip(geoms, rows, strict=True):
         if g is None or g.is_empty:
             report.dropped_empty.append(ids[r])
-            report.warn(f"dropped road {ids[r]}: empty geometry")
             continue
-        kind = (_text(cols.first(("highway", "kind"), r)) or "road").lower()
+        kind = (kinds[r] or "road").lower()
         if kind in IGNORED_HIGHWAYS:
             report.ignored += 1
             continue
@@ -535,11 +577,7 @@ def make_roads(
                 continue
         out.append(
             Road(
-                id=ids[r],
-                geometry=g,
-                kind=kind,
-                width_m=road_width(kind, cols.first(WIDTH_FIELDS, r), cols.first(LANES_FIELDS, r)),
-                name=_text(cols.first(NAME_FIELDS, r)),
+                id=ids[r], geometry=g, kind=kind, width_m=road_width(kind, widths[r], lanes[r]), name=names[r]
             )
         )
     report.roads += len(out)

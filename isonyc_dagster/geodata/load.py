@@ -36,7 +36,12 @@ SOCRATA_SOURCE = "socrata"
 
 def parse_source(source: str | Path) -> tuple[str, Path | str]:
     """(kind, path) of a source string: ``"parks:x.geojson"`` → ("parks", Path("x.geojson")); no
-    prefix → ("auto", path); ``"socrata"`` → ("socrata", "socrata")."""
+    prefix → ("auto", path); ``"socrata"`` → ("socrata", "socrata").
+
+    The prefix is also recognised on the file-name part (``"/cfg/parks:x.geojson"``), which is what a
+    config loader that makes relative paths absolute produces; likewise a bare ``…/socrata`` that is
+    not an existing file means the Socrata source.
+    """
     if isinstance(source, Path):
         return "auto", source
     text = str(source).strip()
@@ -45,7 +50,13 @@ def parse_source(source: str | Path) -> tuple[str, Path | str]:
     head, sep, rest = text.partition(":")
     if sep and head.lower() in KINDS and rest:
         return head.lower(), Path(rest)
-    return "auto", Path(text)
+    path = Path(text)
+    head, sep, rest = path.name.partition(":")
+    if sep and head.lower() in KINDS and rest:
+        return head.lower(), path.with_name(rest)
+    if path.name.lower() == SOCRATA_SOURCE and not path.exists():
+        return SOCRATA_SOURCE, SOCRATA_SOURCE
+    return "auto", path
 
 
 def _check_window(window: BaseGeometry | None) -> None:
@@ -132,7 +143,7 @@ def load_city(
     """
     _check_window(window)
     sources = list(sources)
-    if socrata and SOCRATA_SOURCE not in [str(s).strip().lower() for s in sources]:
+    if socrata and all(parse_source(s)[0] != SOCRATA_SOURCE for s in sources):
         sources.append(SOCRATA_SOURCE)
     if not sources:
         if window is None:

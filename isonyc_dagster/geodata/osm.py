@@ -101,6 +101,7 @@ def read_osm(path: str | Path, geometry: MapGeometry, *, window: BaseGeometry | 
     water = _Collector(("name",))
     roads = _Collector(_ROAD_TAGS)
     wkb = osmium.geom.WKBFactory()
+    unassembled: list[str] = []
     interesting = osmium.filter.KeyFilter(
         "building", "building:part", "leisure", "landuse", "natural", "highway"
     )
@@ -116,7 +117,7 @@ def read_osm(path: str | Path, geometry: MapGeometry, *, window: BaseGeometry | 
             tags = obj.tags
             if obj.is_area():
                 oid = ("w" if obj.from_way() else "r") + str(obj.orig_id())
-                _add_area(obj, oid, tags, wkb, buildings, parks, water, roads, report)
+                _add_area(obj, oid, tags, wkb, buildings, parks, water, roads, report, unassembled)
             elif "highway" in tags and tags.get("area") != "yes":
                 if (
                     tags.get("tunnel") in ("yes", "culvert", "building_passage")
@@ -132,6 +133,11 @@ def read_osm(path: str | Path, geometry: MapGeometry, *, window: BaseGeometry | 
     except RuntimeError as e:
         raise GeodataError(f"{path}: osmium cannot read it ({e}); is it a complete OSM PBF/XML file?") from e
 
+    report.dropped_empty += unassembled
+    report.warn_ids(
+        f"dropped {len(unassembled)} area(s) osmium could not assemble (broken rings or cut by the extract)",
+        unassembled,
+    )
     out = FeatureSet(sources=[source], reports=[report], attribution=[ATTRIBUTION_OSM])
     out.buildings = _buildings(buildings, geometry, window, report, source)
     if len(parks):
@@ -147,7 +153,7 @@ def read_osm(path: str | Path, geometry: MapGeometry, *, window: BaseGeometry | 
     return out
 
 
-def _add_area(obj, oid, tags, wkb, buildings, parks, water, roads, report) -> None:
+def _add_area(obj, oid, tags, wkb, buildings, parks, water, roads, report, unassembled) -> None:
     b, part = tags.get("building"), tags.get("building:part")
     is_building = (b is not None and b != "no") or (part is not None and part != "no")
     is_park = tags.get("leisure") in _PARK_LEISURE or tags.get("landuse") in _PARK_LANDUSE
@@ -161,8 +167,7 @@ def _add_area(obj, oid, tags, wkb, buildings, parks, water, roads, report) -> No
     try:
         geom = wkb.create_multipolygon(obj)
     except RuntimeError:
-        report.dropped_empty.append(oid)
-        report.warn(f"dropped {oid}: osmium could not assemble its polygon (broken or incomplete ring)")
+        unassembled.append(oid)
         return
     if is_building:
         buildings.add(oid, geom, tags, "part" if (part is not None and part != "no") else "outline")
@@ -190,21 +195,20 @@ def _buildings(
 ) -> list[Building]:
     if not len(c):
         return []
-    geoms, cols, ids, rows = _prepare(c, geometry, window, report, source)
-    is_part = np.array([c.extra[r] == "part" for r in rows], dtype=bool)
+    # Parts replace outlines over the whole file, before the window filter: otherwise an outline whose
+    # parts straddle the window edge would come back or not depending on the window.
+    geoms, cols, ids, _ = _prepare(c, geometry, None, report, source)
+    is_part = np.array([e == "part" for e in c.extra], dtype=bool)
     replaced = _outlines_replaced_by_parts(geoms, is_part)
-    if replaced.any():
-        report.warn(f"{int(replaced.sum())} building outline(s) replaced by their building:part volumes")
-    keep = ~replaced
-    return make_buildings(
-        geoms[keep],
-        cols,
-        ids,
-        report,
-        source=source,
-        skip_placeholders=False,
-        rows=np.asarray(rows)[keep].tolist(),
-    )
+    in_window = filter_to_window(geoms, window)
+    report.outside_window += int((~in_window).sum())
+    keep = ~replaced & in_window
+    if (replaced & in_window).any():
+        report.warn(
+            f"{int((replaced & in_window).sum())} building outline(s) replaced by their building:part volumes"
+        )
+    rows = np.flatnonzero(keep).tolist()
+    return make_buildings(geoms[rows], cols, ids, report, source=source, skip_placeholders=False, rows=rows)
 
 
 def _outlines_replaced_by_parts(geoms: np.ndarray, is_part: np.ndarray) -> np.ndarray:

@@ -389,9 +389,9 @@ def buildings_from_table(
     )
     ids = row_ids(cols, "socrata")
     present = ~shapely.is_missing(geoms) & ~shapely.is_empty(geoms)
-    for i in np.flatnonzero(~present):
-        report.dropped_empty.append(ids[i])
-        report.warn(f"dropped building {ids[i]}: it has no geometry")
+    no_geom = [ids[i] for i in np.flatnonzero(~present)]
+    report.dropped_empty += no_geom
+    report.warn_ids(f"dropped {len(no_geom)} building(s) without geometry", no_geom)
     ground = np.full(len(geoms), None, dtype=object)
     ground[present] = project_to_ground(geometry, geoms[present], source=source)
     keep = present & filter_to_window(ground, window)

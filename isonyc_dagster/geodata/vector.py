@@ -6,18 +6,19 @@ is not needed), projected to ground metres in one vectorized pass and normalized
 How features are classified (each layer of a file on its own):
 1. line geometries are always roads; points are ignored (counted in the report);
 2. an explicit kind (``kind=`` or a ``"parks:file.geojson"`` prefix in ``load_city``) decides polygons;
-3. otherwise, per polygon row, the first rule that matches: a row with a non-empty ``highway`` is a road area; ``building``/``building:part`` (≠ "no")
-   makes it a building; ``kind``/``leisure``/``landuse`` with a park value (park, garden, playground,
-   grass, ...) or NYC Parks fields (``PARK_NAME``, ``SIGNNAME``, ``GISPROPNUM``) make it a park;
-   ``natural=water`` or a ``water`` value make it water; DOITT/OSM height fields (``height_roof``,
-   ``HEIGHTROOF``, ``height_m``, ``height``, ``levels``, ``feature_code``, ``bin``) make it a building;
-   borough fields (``BoroName``, ``BoroCode``, ``borough``) make it land; last, a layer name (multi-layer
-   files) or file name containing building/park/road/street/water/land/borough decides;
+3. otherwise, per polygon row, the first rule that matches: a non-empty ``highway`` makes it a road
+   area; ``building``/``building:part`` (≠ "no") a building; ``kind``/``leisure``/``landuse`` with a park
+   value (park, garden, playground, grass, ...) a park; ``natural=water`` or a ``water`` value water;
+   then file-wide fields: NYC Parks fields (``PARK_NAME``, ``SIGNNAME``, ``GISPROPNUM``) → parks;
+   DOITT/OSM height fields (``height_roof``, ``HEIGHTROOF``, ``height_m``, ``height``, ``levels``,
+   ``feature_code``, ``bin``) → buildings; borough fields (``BoroName``, ``BoroCode``, ``borough``) →
+   land; last, a layer or file name containing building/park/road/street/water/land/borough;
 4. polygons matching none of these are an error that asks for an explicit kind (``"parks:file.geojson"``).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -60,6 +61,8 @@ from ._common import (
 Kind = Literal["auto", "buildings", "parks", "roads", "land", "water"]
 
 VECTOR_SUFFIXES = (".geojson", ".json", ".gpkg", ".shp", ".fgb")
+_MULTI_LAYER_SUFFIXES = (".gpkg",)
+_INDEXED_SUFFIXES = (".gpkg", ".shp", ".fgb")
 
 _BUILDING_FIELDS = (
     *HEIGHT_M_FIELDS,
@@ -137,7 +140,7 @@ def _row_kinds(cols: Columns, type_ids: np.ndarray, forced: str | None, name_hin
 
 def _attribution(cols: Columns, kinds: set[str], path: Path) -> list[str]:
     out = []
-    osm = cols.has("osm_id", "osm_type") or "osm" in path.stem.lower()
+    osm = cols.has("osm_id", "osm_type") or re.search(r"(^|[_.-])osm([_.-]|$)", path.stem.lower()) is not None
     if osm:
         out.append(ATTRIBUTION_OSM)
     if "buildings" in kinds and (cols.has(*HEIGHT_FT_FIELDS, "doitt_id", *FEATURE_CODE_FIELDS)):
@@ -190,19 +193,23 @@ def read_vector(
         raise GeodataError(
             f"{path}: unsupported vector format {path.suffix!r}; use one of {', '.join(VECTOR_SUFFIXES)}"
         )
-    try:
-        all_layers = [(str(name), gtype) for name, gtype in pyogrio.list_layers(path)]
-    except DataSourceError as e:
-        raise GeodataError(
-            f"{path}: GDAL cannot open it as a vector file ({e}); is it corrupt or truncated?"
-        ) from e
-    wanted = [name for name, gtype in all_layers if gtype is not None and (layers is None or name in layers)]
-    if layers is not None and (missing := set(layers) - {name for name, _ in all_layers}):
-        raise GeodataError(
-            f"{path}: no layer(s) {sorted(missing)}; the file has {[n for n, _ in all_layers]}"
-        )
-    if not wanted:
-        raise GeodataError(f"{path}: the file has no layer with geometries")
+    if path.suffix.lower() in _MULTI_LAYER_SUFFIXES:
+        try:
+            all_layers = [(str(name), gtype) for name, gtype in pyogrio.list_layers(path)]
+        except DataSourceError as e:
+            raise GeodataError(f"{path}: GDAL cannot open it ({e}); is it corrupt or truncated?") from e
+        if layers is not None and (missing := set(layers) - {name for name, _ in all_layers}):
+            raise GeodataError(
+                f"{path}: no layer(s) {sorted(missing)}; the file has {[n for n, _ in all_layers]}"
+            )
+        wanted: list[str | None] = [
+            name for name, gtype in all_layers if gtype is not None and (layers is None or name in layers)
+        ]
+        if not wanted:
+            raise GeodataError(f"{path}: the file has no layer with geometries")
+    else:
+        # Single-layer formats: listing layers would make GDAL parse a GeoJSON one extra time.
+        wanted = [None]
     out = FeatureSet(sources=[str(path)])
     for layer in wanted:
         out.extend(
@@ -214,7 +221,7 @@ def read_vector(
 
 def _read_layer(
     path: Path,
-    layer: str,
+    layer: str | None,
     geometry: MapGeometry,
     kind: Kind,
     window: BaseGeometry | None,
@@ -224,17 +231,20 @@ def _read_layer(
 ) -> FeatureSet:
     source = f"{path}" + (f"#{layer}" if multi_layer else "")
     report = ReadReport(source=source)
-    info = pyogrio.read_info(path, layer=layer)
-    crs = parse_crs(info.get("crs"), source)
     bbox = None
-    if window is not None and info.get("capabilities", {}).get("fast_spatial_filter"):
-        # GDAL filters by bbox without reading every feature only where the format has an index
-        # (GPKG, Shapefile with .qix, FlatGeobuf); for GeoJSON it would just be an extra pass.
+    if window is not None and path.suffix.lower() in _INDEXED_SUFFIXES:
+        # GDAL skips features by bbox through the spatial index of GPKG/Shapefile/FlatGeobuf; a GeoJSON
+        # is parsed whole anyway, and its features are filtered exactly after projection below.
+        try:
+            info = pyogrio.read_info(path, layer=layer)
+        except DataSourceError as e:
+            raise GeodataError(f"{source}: GDAL cannot open it ({e}); is it corrupt or truncated?") from e
         bbox = _window_bbox(geometry, window, info.get("crs"))
     try:
         meta, table = pyogrio.read_arrow(path, layer=layer, bbox=bbox)
     except DataSourceError as e:
-        raise GeodataError(f"{source}: GDAL cannot read it ({e})") from e
+        raise GeodataError(f"{source}: GDAL cannot open it ({e}); is it corrupt or truncated?") from e
+    crs = parse_crs(meta.get("crs"), source)
     geom_col = meta.get("geometry_name") or "wkb_geometry"
     if geom_col not in table.column_names:
         raise GeodataError(f"{source}: no geometry column found (columns: {table.column_names})")
@@ -250,15 +260,15 @@ def _read_layer(
     ids = row_ids(cols, f"{path.stem}" + (f".{layer}" if multi_layer else ""))
 
     present = ~shapely.is_missing(geoms) & ~shapely.is_empty(geoms)
-    for i in np.flatnonzero(~present):
-        report.dropped_empty.append(ids[i])
-        report.warn(f"dropped feature {ids[i]}: it has no geometry")
+    no_geom = [ids[i] for i in np.flatnonzero(~present)]
+    report.dropped_empty += no_geom
+    report.warn_ids(f"dropped {len(no_geom)} feature(s) without geometry", no_geom)
     ground = np.full(len(geoms), None, dtype=object)
     ground[present] = project_to_ground(geometry, geoms[present], src_crs=crs, source=source)
     type_ids = shapely.get_type_id(ground)
 
     forced = None if kind == "auto" else kind
-    name_hint = _layer_kind(layer) if multi_layer else _layer_kind(path.stem)
+    name_hint = (_layer_kind(layer) if layer else None) or _layer_kind(path.stem)
     kinds = _row_kinds(cols, type_ids, forced, name_hint)
     kinds[~present] = ""
 
@@ -275,8 +285,8 @@ def _read_layer(
     fs = FeatureSet(sources=[source], reports=[report])
     for k in KINDS:
         sel = (kinds == k) & present
-        report.outside_window += int((sel & ~in_window).sum())
-        if k in ("buildings", "parks", "roads"):
+        if k in ("buildings", "parks", "roads"):  # kept whole or not at all; land/water are clipped
+            report.outside_window += int((sel & ~in_window).sum())
             sel &= in_window
         rows = np.flatnonzero(sel).tolist()
         if not rows:
@@ -293,7 +303,9 @@ def _read_layer(
         else:
             polys = [p for p in repair_polygons(g, [ids[r] for r in rows], report, k) if p is not None]
             if window is not None:
-                polys = [c for p in polys if (c := polygonal(p.intersection(window))) is not None]
+                # rectangle clip first: cheap, and it shrinks borough-sized polygons before the exact cut
+                near = [shapely.clip_by_rect(p, *window.bounds) for p in polys]
+                polys = [c for p in near if (c := polygonal(p.intersection(window))) is not None]
             if k == "land":
                 fs.land = polys
                 report.land = len(polys)

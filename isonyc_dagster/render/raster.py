@@ -24,11 +24,12 @@ import math
 import numpy as np
 from numba import njit
 
-# Surface values used by the kernels (kept as plain ints for numba; asserted equal to Surface in
-# renderer.py so the two cannot drift apart).
-ROOF = 5
-WALL_LEFT = 6
-WALL_RIGHT = 7
+from ..surfaces import Surface
+
+# Plain ints: numba freezes module globals into the compiled kernels as constants.
+ROOF = int(Surface.ROOF)
+WALL_LEFT = int(Surface.WALL_LEFT)
+WALL_RIGHT = int(Surface.WALL_RIGHT)
 
 
 @njit(cache=True, nogil=True)
@@ -124,7 +125,19 @@ def fill_polygons(xs, ys, ring_start, poly_ring_start, values, surface, x0, y0):
     for p in range(poly_ring_start.shape[0] - 1):
         v = values[p]
         n = _collect_edges(
-            xs, ys, ring_start, poly_ring_start[p], poly_ring_start[p + 1], 0.0, y_lo, y_hi, x_hi, ex0, ey0, ex1, ey1
+            xs,
+            ys,
+            ring_start,
+            poly_ring_start[p],
+            poly_ring_start[p + 1],
+            0.0,
+            y_lo,
+            y_hi,
+            x_hi,
+            ex0,
+            ey0,
+            ex1,
+            ey1,
         )
         if n == 0:
             continue
@@ -230,3 +243,28 @@ def draw_buildings(
                             zbuf[row, col] = hh
                             surface[row, col] = cls
                             bid[row, col] = pid
+
+
+@njit(cache=True, nogil=True)
+def finish(surface, zbuf, bid, palette, ids_sorted, n_classes):
+    """One pass over the window: RGB from the palette, float32 heights, pixels per class, and how many
+    of the candidate buildings (sorted 1-based ids) are visible at all."""
+    h, w = surface.shape
+    rgb = np.empty((h, w, 3), dtype=np.uint8)
+    height = np.empty((h, w), dtype=np.float32)
+    counts = np.zeros(n_classes, dtype=np.int64)
+    seen = np.zeros(ids_sorted.shape[0], dtype=np.uint8)
+    last = 0
+    for r in range(h):
+        for c in range(w):
+            s = surface[r, c]
+            rgb[r, c, 0] = palette[s, 0]
+            rgb[r, c, 1] = palette[s, 1]
+            rgb[r, c, 2] = palette[s, 2]
+            height[r, c] = zbuf[r, c]
+            counts[s] += 1
+            b = bid[r, c]
+            if b != 0 and b != last:  # runs of one building are the norm
+                last = b
+                seen[np.searchsorted(ids_sorted, b)] = 1
+    return rgb, height, counts, int(seen.sum())

@@ -20,6 +20,7 @@ import logging
 import math
 import warnings
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import shapely
@@ -29,15 +30,15 @@ from shapely.geometry.base import BaseGeometry
 from ..geodata.model import City
 from ..geometry import MapGeometry
 from ..surfaces import PALETTE, Surface
-from . import raster
-from .result import RenderResult, summarize
+from .result import RenderResult
+
+if TYPE_CHECKING:
+    from types import ModuleType
 
 log = logging.getLogger(__name__)
 
-assert (raster.ROOF, raster.WALL_LEFT, raster.WALL_RIGHT) == (Surface.ROOF, Surface.WALL_LEFT, Surface.WALL_RIGHT)
-
-#: Largest window edge accepted (a 16k² window is already ~1.3 GB of buffers).
-MAX_WINDOW_PX = 16384
+#: Largest window edge accepted: buffers cost 20 bytes a pixel, so 8192² is already 1.3 GB.
+MAX_WINDOW_PX = 8192
 _POLYGONAL = (3, 6)  # shapely type ids: Polygon, MultiPolygon
 _MAX_IDS_IN_WARNING = 25
 
@@ -95,6 +96,11 @@ class Renderer:
     (the kernels release the GIL; the feature caches only ever gain equal entries)."""
 
     def __init__(self, city: City, geometry: MapGeometry) -> None:
+        # numba is imported here, not at module import: it costs ~1 s, and modules that only need
+        # RenderResult/png_bytes (Dagster definitions, the store) should not pay it.
+        from . import raster
+
+        self._raster: ModuleType = raster
         self.city = city
         self.geometry = geometry
         self._aff = tuple(float(v) for v in geometry.ground_to_pixel_affine)
@@ -208,13 +214,19 @@ class Renderer:
         if not self.city.parks:
             return []
         idx = np.sort(self.city.park_tree.query(region, predicate="intersects"))
-        return self._cached(self._park_cache, idx, lambda ids: self._project_features([self.city.parks[i].geometry for i in ids]))
+        return self._cached(
+            self._park_cache,
+            idx,
+            lambda ids: self._project_features([self.city.parks[i].geometry for i in ids]),
+        )
 
     def _water_polys(self, region: Polygon) -> list[BaseGeometry]:
         if not self.city.water:
             return []
         idx = np.sort(self.city.water_tree.query(region, predicate="intersects"))
-        return self._cached(self._water_cache, idx, lambda ids: self._project_features([self.city.water[i] for i in ids]))
+        return self._cached(
+            self._water_cache, idx, lambda ids: self._project_features([self.city.water[i] for i in ids])
+        )
 
     def _road_polys(self, region: Polygon) -> list[BaseGeometry]:
         if not self.city.roads:
@@ -247,7 +259,9 @@ class Renderer:
             # keep the arc within 0.1 px of a true circle up to 30 m wide roads.
             out[usable] = shapely.buffer(geoms[usable], widths[usable] / 2.0, quad_segs=8)
         out[lines & ~usable] = None
-        polys = np.array([g if g is not None and shapely.get_type_id(g) in _POLYGONAL else None for g in out], dtype=object)
+        polys = np.array(
+            [g if g is not None and shapely.get_type_id(g) in _POLYGONAL else None for g in out], dtype=object
+        )
         res = [None] * len(roads)
         have = np.flatnonzero(polys != None)  # noqa: E711 — element-wise on an object array
         if have.size:
@@ -298,7 +312,7 @@ class Renderer:
             part_ring_start = np.zeros(len(parts) + 1, dtype=np.int64)
             np.cumsum(np.bincount(ring_part, minlength=len(parts)), out=part_ring_start[1:])
             gidx = idx[owner]
-            raster.draw_buildings(
+            self._raster.draw_buildings(
                 np.ascontiguousarray(pc[:, 0]),
                 np.ascontiguousarray(pc[:, 1]),
                 ring_start,
@@ -313,23 +327,25 @@ class Renderer:
                 px0,
                 py0,
             )
-        stats = summarize(surface, bid)
-        stats["buildings_considered"] = int(idx.size)
+        rgb, height_m, counts, drawn = self._raster.finish(
+            surface, zbuf, bid, PALETTE, (idx + 1).astype(np.int32), len(Surface)
+        )
+        classes = {Surface(i).name.lower(): int(c) for i, c in enumerate(counts) if c}
+        stats = {
+            "buildings_drawn": drawn,
+            "classes_present": sorted(classes),
+            "class_pixels": classes,
+            "buildings_considered": int(idx.size),
+        }
         return RenderResult(
-            rgb=PALETTE[surface],
-            surface=surface,
-            building=bid,
-            height=zbuf.astype(np.float32),
-            origin_px=(px0, py0),
-            stats=stats,
+            rgb=rgb, surface=surface, building=bid, height=height_m, origin_px=(px0, py0), stats=stats
         )
 
-    @staticmethod
-    def _fill(ps: _PolySet, cls: Surface, surface: np.ndarray, px0: int, py0: int) -> None:
+    def _fill(self, ps: _PolySet, cls: Surface, surface: np.ndarray, px0: int, py0: int) -> None:
         if ps.n_polys == 0:
             return
         values = np.full(ps.n_polys, int(cls), dtype=np.uint8)
-        raster.fill_polygons(ps.xs, ps.ys, ps.ring_start, ps.poly_ring_start, values, surface, px0, py0)
+        self._raster.fill_polygons(ps.xs, ps.ys, ps.ring_start, ps.poly_ring_start, values, surface, px0, py0)
 
     def render_quadrant(self, x: int, y: int) -> RenderResult:
         """One quadrant (quadrant_px², 512² in production)."""

@@ -33,12 +33,9 @@ class RenderResult:
     stats: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def width(self) -> int:
-        return int(self.surface.shape[1])
-
-    @property
-    def height_px(self) -> int:
-        return int(self.surface.shape[0])
+    def size(self) -> tuple[int, int]:
+        """(width, height) in pixels."""
+        return int(self.surface.shape[1]), int(self.surface.shape[0])
 
     # --- encodings ------------------------------------------------------------------------------
     def to_npz(self) -> bytes:
@@ -75,8 +72,12 @@ class RenderResult:
         except (zipfile.BadZipFile, OSError, EOFError, json.JSONDecodeError) as e:
             raise ValueError(f"render npz is corrupt or not an npz ({e}); re-render the quadrant") from e
         if meta.get("format") != _NPZ_FORMAT:
-            raise ValueError(f"render npz format {meta.get('format')!r} is not supported (expected {_NPZ_FORMAT})")
-        res = cls(origin_px=(int(meta["origin_px"][0]), int(meta["origin_px"][1])), stats=meta["stats"], **arrays)
+            raise ValueError(
+                f"render npz format {meta.get('format')!r} is not supported (expected {_NPZ_FORMAT})"
+            )
+        res = cls(
+            origin_px=(int(meta["origin_px"][0]), int(meta["origin_px"][1])), stats=meta["stats"], **arrays
+        )
         res.validate()
         return res
 
@@ -92,7 +93,9 @@ class RenderResult:
         for name, (shape, dtype) in expect.items():
             a = getattr(self, name)
             if a.shape != shape or a.dtype != dtype:
-                raise ValueError(f"RenderResult.{name} has shape {a.shape} dtype {a.dtype}; expected {shape} {dtype.__name__}")
+                raise ValueError(
+                    f"RenderResult.{name} has shape {a.shape} dtype {a.dtype}; expected {shape} {dtype.__name__}"
+                )
 
     # --- windows --------------------------------------------------------------------------------
     def crop(self, x0: int, y0: int, w: int, h: int) -> RenderResult:

@@ -9,10 +9,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import numbers
 import re
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,19 +81,36 @@ def check_ext(ext: str) -> str:
     return ext
 
 
-def check_key(layer: str, x: int, y: int) -> None:
-    """Refuse keys that would be ambiguous or unsafe in an index or an object name."""
+def check_layer(layer: str) -> str:
     if not isinstance(layer, str) or not _LAYER_RE.match(layer):
         raise StoreError(
             f"invalid layer name {layer!r}: use 1-64 characters from letters, digits, '_', '.', '-' "
             "(starting with a letter or digit)"
         )
+    return layer
+
+
+def check_xy(x: int, y: int) -> tuple[int, int]:
+    """Quadrant coordinates as plain ints (numpy integers accepted: they come out of arrays)."""
     for name, v in (("x", x), ("y", y)):
-        # bool is an int subclass; True as a coordinate is always a caller bug.
-        if isinstance(v, bool) or not isinstance(v, int):
+        # bool is an Integral too; True as a coordinate is always a caller bug.
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
             raise StoreError(f"quadrant {name} must be an int, got {type(v).__name__} {v!r}")
-        if not -(2**62) < v < 2**62:
+        if not -(2**62) < int(v) < 2**62:
             raise StoreError(f"quadrant {name}={v} is out of range")
+    return int(x), int(y)
+
+
+def check_key(layer: str, x: int, y: int) -> tuple[str, int, int]:
+    """Refuse keys that would be ambiguous or unsafe in an index or an object name; normalise ints."""
+    return (check_layer(layer), *check_xy(x, y))
+
+
+def check_keys(keys: Iterable[tuple[int, int]]) -> set[tuple[int, int]]:
+    try:
+        return {check_xy(*k) for k in keys}
+    except TypeError as exc:
+        raise StoreError(f"keys must be (x, y) pairs of ints ({exc})") from exc
 
 
 def canonical_json(provenance: dict[str, Any], *, what: str) -> str:
@@ -173,13 +191,13 @@ def prepare_writes(writes: Sequence[TileWrite], *, expect_size: tuple[int, int])
     for w in writes:
         if not isinstance(w, TileWrite):
             raise StoreError(f"put_tiles expects TileWrite items, got {type(w).__name__}")
-        check_key(w.layer, w.x, w.y)
-        what = f"tile {w.layer} ({w.x},{w.y})"
-        if (w.layer, w.x, w.y) in seen:
+        layer, x, y = check_key(w.layer, w.x, w.y)
+        what = f"tile {layer} ({x},{y})"
+        if (layer, x, y) in seen:
             raise StoreError(f"{what} appears twice in one put_tiles call; write each tile once per call")
-        seen.add((w.layer, w.x, w.y))
+        seen.add((layer, x, y))
         validate_png(w.png, expect_size=tuple(expect_size), what=what)
         prov_json = canonical_json(w.provenance, what=what)
         png = bytes(w.png)
-        out.append(PreparedWrite(w.layer, w.x, w.y, png, sha256_hex(png), json.loads(prov_json), prov_json))
+        out.append(PreparedWrite(layer, x, y, png, sha256_hex(png), json.loads(prov_json), prov_json))
     return out

@@ -60,7 +60,10 @@ from ._png import (
     canonical_json,
     check_ext,
     check_key,
+    check_keys,
+    check_layer,
     check_sha,
+    check_xy,
     prepare_writes,
     sha256_hex,
     validate_png,
@@ -145,7 +148,6 @@ class GCSTileStore(TileStore):
 
         self._sync_lock = threading.Lock()
         self._write_lock = threading.Lock()
-        self._sync_started = -1.0
         self._synced_at = -float("inf")
         self._verified = False
 
@@ -217,6 +219,8 @@ class GCSTileStore(TileStore):
             raise StoreError(
                 f"download of {name} failed on {self.uri}: HTTP {exc.code} {exc.message}"
             ) from exc
+        except (OSError, gexc.RetryError) as exc:  # connection failures after the client's retries
+            raise StoreError(f"download of {name} failed on {self.uri}: {type(exc).__name__}: {exc}") from exc
 
     def _list(self, prefix: str, start_offset: str | None = None) -> list[str]:
         with self._gcs(f"listing of {prefix}"):
@@ -374,15 +378,15 @@ class GCSTileStore(TileStore):
         if not force and requested - self._synced_at < self.max_staleness_s:
             return
         with self._sync_lock:
-            # A sync that started after this request already covers every commit made before it.
-            if self._sync_started >= requested:
+            # A sync that started after this request (and finished) covers every commit made before it.
+            if self._synced_at >= requested:
                 return
-            self._sync_started = time.monotonic()
+            started = time.monotonic()
             if not self._verified:
                 self._verify_replica()
                 self._verified = True
             self._catch_up()
-            self._synced_at = self._sync_started
+            self._synced_at = started
 
     def _catch_up(self) -> None:
         applied = self._applied()
@@ -548,7 +552,13 @@ class GCSTileStore(TileStore):
         prepared = prepare_writes(writes, expect_size=expect_size or self.tile_size)
         if not prepared:
             return []
-        self._parallel(lambda p: self._create(self._blob_name(p.sha256, "png"), p.png, "image/png"), prepared)
+        # A rerun of a step re-puts tiles that are already active: their blobs exist, skip the upload.
+        self._sync()
+        known = {
+            (p.layer, p.x, p.y): a.sha256 for p in prepared if (a := self._index.active(p.layer, p.x, p.y))
+        }
+        uploads = [p for p in prepared if known.get((p.layer, p.x, p.y)) != p.sha256]
+        self._parallel(lambda p: self._create(self._blob_name(p.sha256, "png"), p.png, "image/png"), uploads)
 
         def build(c: sqlite3.Connection, now: float) -> tuple[list[dict[str, Any]], list[TileVersion]]:
             ops: list[dict[str, Any]] = []
@@ -565,17 +575,17 @@ class GCSTileStore(TileStore):
         return self._commit(build)
 
     def active(self, layer: str, x: int, y: int) -> TileVersion | None:
-        check_key(layer, x, y)
+        layer, x, y = check_key(layer, x, y)
         self._sync()
         return self._index.active(layer, x, y)
 
     def versions(self, layer: str, x: int, y: int) -> list[TileVersion]:
-        check_key(layer, x, y)
+        layer, x, y = check_key(layer, x, y)
         self._sync()
         return self._index.versions(layer, x, y)
 
     def activate(self, layer: str, x: int, y: int, version: int) -> TileVersion:
-        check_key(layer, x, y)
+        layer, x, y = check_key(layer, x, y)
 
         def build(c: sqlite3.Connection, now: float) -> tuple[list[dict[str, Any]], TileVersion]:
             self._index.check_version(c, layer, x, y, version)
@@ -593,19 +603,19 @@ class GCSTileStore(TileStore):
         return self._commit(build)
 
     def list_active(self, layer: str, *, bbox: tuple[int, int, int, int] | None = None) -> list[TileVersion]:
-        check_key(layer, 0, 0)
+        check_layer(layer)
         bbox = check_bbox(bbox)
         self._sync()
         return self._index.list_active(layer, bbox)
 
     def active_map(self, layer: str, keys: Iterable[tuple[int, int]]) -> dict[tuple[int, int], TileVersion]:
-        check_key(layer, 0, 0)
+        check_layer(layer)
         self._sync()
-        return self._index.active_map(layer, keys)
+        return self._index.active_map(layer, check_keys(keys))
 
     # --- flags -------------------------------------------------------------------------------------
     def flags(self, x: int, y: int) -> QuadrantFlags:
-        check_key("flags", x, y)
+        x, y = check_xy(x, y)
         self._sync()
         return self._index.flags(x, y)
 
@@ -619,7 +629,7 @@ class GCSTileStore(TileStore):
         flagged: bool | None = None,
         reference: bool | None = None,
     ) -> QuadrantFlags:
-        check_key("flags", x, y)
+        x, y = check_xy(x, y)
         water = check_flag_args(water, starred, flagged, reference)
 
         def build(c: sqlite3.Connection, now: float) -> tuple[list[dict[str, Any]], QuadrantFlags]:

@@ -31,7 +31,10 @@ from ._png import (
     PreparedWrite,
     check_ext,
     check_key,
+    check_keys,
+    check_layer,
     check_sha,
+    check_xy,
     prepare_writes,
     sha256_hex,
     validate_png,
@@ -281,7 +284,7 @@ class SqliteIndex:
         return [_row_to_version(r, True) for r in rows]
 
     def active_map(self, layer: str, keys: Iterable[tuple[int, int]]) -> dict[tuple[int, int], TileVersion]:
-        wanted = {(int(x), int(y)) for x, y in keys}
+        wanted = set(keys)
         if not wanted:
             return {}
         xs = [k[0] for k in wanted]
@@ -450,9 +453,11 @@ def check_flag_args(
 def check_bbox(bbox: tuple[int, int, int, int] | None) -> tuple[int, int, int, int] | None:
     if bbox is None:
         return None
-    if len(bbox) != 4 or not all(isinstance(v, int) and not isinstance(v, bool) for v in bbox):
-        raise StoreError(f"bbox must be (x0, y0, x1, y1) ints, got {bbox!r}")
-    x0, y0, x1, y1 = bbox
+    try:
+        x0, y0, x1, y1 = bbox
+        (x0, y0), (x1, y1) = check_xy(x0, y0), check_xy(x1, y1)
+    except (TypeError, ValueError, StoreError) as exc:
+        raise StoreError(f"bbox must be (x0, y0, x1, y1) ints, got {bbox!r}") from exc
     if x0 > x1 or y0 > y1:
         raise StoreError(f"bbox {bbox} is empty: need x0 <= x1 and y0 <= y1 (inclusive bounds)")
     return x0, y0, x1, y1
@@ -542,15 +547,15 @@ class LocalTileStore(TileStore):
         return out
 
     def active(self, layer: str, x: int, y: int) -> TileVersion | None:
-        check_key(layer, x, y)
+        layer, x, y = check_key(layer, x, y)
         return self._index.active(layer, x, y)
 
     def versions(self, layer: str, x: int, y: int) -> list[TileVersion]:
-        check_key(layer, x, y)
+        layer, x, y = check_key(layer, x, y)
         return self._index.versions(layer, x, y)
 
     def activate(self, layer: str, x: int, y: int, version: int) -> TileVersion:
-        check_key(layer, x, y)
+        layer, x, y = check_key(layer, x, y)
         with self._index.transaction() as c:
             self._index.check_version(c, layer, x, y, version)
             self._index.set_active(c, layer, x, y, version)
@@ -559,16 +564,16 @@ class LocalTileStore(TileStore):
         return v
 
     def list_active(self, layer: str, *, bbox: tuple[int, int, int, int] | None = None) -> list[TileVersion]:
-        check_key(layer, 0, 0)
+        check_layer(layer)
         return self._index.list_active(layer, check_bbox(bbox))
 
     def active_map(self, layer: str, keys: Iterable[tuple[int, int]]) -> dict[tuple[int, int], TileVersion]:
-        check_key(layer, 0, 0)
-        return self._index.active_map(layer, keys)
+        check_layer(layer)
+        return self._index.active_map(layer, check_keys(keys))
 
     # --- flags ------------------------------------------------------------------------------------
     def flags(self, x: int, y: int) -> QuadrantFlags:
-        check_key("flags", x, y)
+        x, y = check_xy(x, y)
         return self._index.flags(x, y)
 
     def set_flags(
@@ -581,7 +586,7 @@ class LocalTileStore(TileStore):
         flagged: bool | None = None,
         reference: bool | None = None,
     ) -> QuadrantFlags:
-        check_key("flags", x, y)
+        x, y = check_xy(x, y)
         water = check_flag_args(water, starred, flagged, reference)
         with self._index.transaction() as c:
             return self._index.merge_flags(

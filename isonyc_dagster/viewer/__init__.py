@@ -33,9 +33,11 @@ def _candidates() -> list[Path]:
     return out
 
 
-def find_openseadragon() -> Path:
-    """Directory holding ``openseadragon.min.js`` and ``images/`` (the npm build)."""
-    tried = _candidates()
+def find_openseadragon(openseadragon_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Directory holding ``openseadragon.min.js`` and ``images/`` (the npm build). Searched: the
+    argument if given, else ``$ISONYC_OPENSEADRAGON_DIR``, the repository's and the working directory's
+    node_modules."""
+    tried = [Path(openseadragon_dir)] if openseadragon_dir is not None else _candidates()
     for d in tried:
         if (d / "openseadragon.min.js").is_file() and (d / "images").is_dir():
             return d
@@ -46,7 +48,12 @@ def find_openseadragon() -> Path:
     )
 
 
-def write_viewer(out_dir: str | os.PathLike[str], dzi_name: str | None = None) -> Path:
+def write_viewer(
+    out_dir: str | os.PathLike[str],
+    dzi_name: str | None = None,
+    *,
+    openseadragon_dir: str | os.PathLike[str] | None = None,
+) -> Path:
     """Install the viewer next to pyramid ``dzi_name`` in ``out_dir``; returns the path of index.html.
 
     Writes index.html, viewer.js, viewer.css and openseadragon/ (the npm build, minified JS + button
@@ -56,7 +63,7 @@ def write_viewer(out_dir: str | os.PathLike[str], dzi_name: str | None = None) -
         side = read_sidecar(out, dzi_name)
     except PyramidError as e:
         raise ViewerError(f"cannot write the viewer: {e}") from e
-    osd = find_openseadragon()
+    osd = find_openseadragon(openseadragon_dir)
     page = (_HERE / "index.html").read_text(encoding="utf-8")
     page = page.replace("{{TITLE}}", html.escape(side["title"])).replace("{{MAP}}", html.escape(side["name"]))
     _atomic_write(out / "index.html", page.encode())

@@ -1,0 +1,109 @@
+"""The Dagster code location: loads and validates, partition mappings encode the plan, context is enforced."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from isonyc_dagster.definitions import build_definitions
+from isonyc_dagster.partitions import key2, parse_key2
+from isonyc_dagster.plan import StepKind
+from isonyc_dagster.project import Project
+from isonyc_dagster.sensors import STEP_ASSETS
+from tests.dagster_helpers import project_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def instance(tmp_path: Path):
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as inst:
+        yield inst
+
+
+def test_code_location_validates(tmp_path: Path) -> None:
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "DAGSTER_DISABLE_TELEMETRY": "1"}
+    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "All code locations passed validation" in out.stdout + out.stderr
+
+
+def test_assets_partitions_and_jobs(tmp_path: Path) -> None:
+    cfg = project_config(tmp_path, 0, 0, 8, 5)
+    defs = build_definitions(cfg)
+    graph = defs.resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert keys == {"geodata", "render", "blocks", "bridges_v", "bridges_h", "corners", "generation",
+                    "water_mask", "dzi_pyramid", "pmtiles_archive"}
+    qp = graph.get(dg.AssetKey("render")).partitions_def
+    assert isinstance(qp, dg.MultiPartitionsDefinition)
+    assert len(qp.get_partition_keys()) == 9 * 6
+    cp = graph.get(dg.AssetKey("blocks")).partitions_def
+    assert {parse_key2(k) for k in cp.get_partition_keys()} == {(bx, by) for bx in range(3) for by in range(2)}
+    for name in ("render_job", "blocks_job", "corners_job", "generation_job", "export_job"):
+        assert defs.resolve_job_def(name) is not None
+
+
+def _upstream(graph, child: str, parent: str, key: str) -> set[tuple[int, int]]:
+    node = graph.get(dg.AssetKey(child))
+    mapping = node.partition_mappings.get(dg.AssetKey(parent))
+    up_def = graph.get(dg.AssetKey(parent)).partitions_def
+    subset = node.partitions_def.subset_with_partition_keys([key])
+    res = mapping.get_upstream_mapped_partitions_result_for_partitions(subset, node.partitions_def, up_def)
+    return {parse_key2(k) for k in res.partitions_subset.get_partition_keys()}
+
+
+def test_partition_mappings_match_the_plan(tmp_path: Path) -> None:
+    """Every step asset's upstream partitions are exactly the steps the plan says it uses as context."""
+    cfg = project_config(tmp_path, 0, 0, 11, 8)
+    defs = build_definitions(cfg)
+    graph = defs.resolve_asset_graph()
+    plan = Project(cfg).plan
+    for step in plan.steps:
+        child = STEP_ASSETS[step.kind]
+        want: dict[str, set[tuple[int, int]]] = {}
+        for dep in plan.dependencies(step):
+            want.setdefault(STEP_ASSETS[dep.kind], set()).add(dep.cell)
+        for kind in StepKind:
+            parent = STEP_ASSETS[kind]
+            if dg.AssetKey(parent) not in graph.get(dg.AssetKey(child)).parent_keys:
+                assert parent not in want
+                continue
+            got = _upstream(graph, child, parent, key2(*step.cell))
+            assert got == want.get(parent, set()), (step.key, parent)
+        # generation[x, y] depends on exactly the one step that produced it
+        for x, y in step.quadrants:
+            producers = {
+                name: _upstream(graph, "generation", name, key2(x, y))
+                for name in STEP_ASSETS.values()
+            }
+            assert {n: c for n, c in producers.items() if c} == {child: {step.cell}}
+
+
+def test_step_without_context_fails_fast_and_generates_nothing(tmp_path: Path, instance) -> None:
+    cfg = project_config(tmp_path, 0, 0, 5, 5)
+    defs = build_definitions(cfg)
+    project = Project(cfg)
+    render = defs.resolve_job_def("render_job").execute_in_process(
+        instance=instance, tags={"dagster/asset_partition_range_start": "0|0", "dagster/asset_partition_range_end": "5|5"},
+    )
+    assert render.success
+    result = defs.resolve_job_def("bridges_v_job").execute_in_process(
+        instance=instance, partition_key="0|0", raise_on_error=False
+    )
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    text = str(failure.step_failure_data.error)
+    assert "context not ready, nothing was generated" in text and "(1, 0)" in text
+    step = project.plan.step(StepKind.BRIDGE_V, (0, 0))
+    assert all(project.store.active("generation", x, y) is None for x, y in step.quadrants)
+    assert project.store.list_active("generation") == []

@@ -76,7 +76,9 @@ def main() -> int:
         ],
         land=None,
     )
-    lower = load_city(geom, [str(GEODATA / "lower_manhattan.osm.pbf")], land=str(GEODATA / "manhattan_land_nybb.geojson"))
+    lower = load_city(
+        geom, [str(GEODATA / "lower_manhattan.osm.pbf")], land=str(GEODATA / "manhattan_land_nybb.geojson")
+    )
     backend = PixelArtBackend()
 
     def window(lat: float, lng: float) -> tuple[int, int]:
@@ -88,7 +90,9 @@ def main() -> int:
         ("block, The Battery", Renderer(lower, geom), window(40.7040, -74.0160), (0, 0, 1024, 1024)),
         ("1×2 bridge, The Battery", Renderer(lower, geom), window(40.7040, -74.0160), (256, 0, 768, 1024)),
     ]
-    print(f"{'case':<26}{'render s':>10}{'png i/o s':>11}{'stylize s':>11}{'generate s':>12}{'÷ render':>10}{'÷ png i/o':>11}")
+    print(
+        f"{'case':<26}{'render s':>10}{'png i/o s':>11}{'stylize s':>11}{'generate s':>12}{'÷ render':>10}{'÷ png i/o':>11}"
+    )
     worst = 0.0
     for name, renderer, (x0, y0), infill in cases:
         renderer.render_window(x0, y0, 1024, 1024)  # warm caches / JIT
@@ -104,7 +108,9 @@ def main() -> int:
         t_io = best_of(args.repeat, lambda d=tmpl: png_roundtrip(d))
         t_sty = best_of(
             args.repeat,
-            lambda r=res, x=x0, y=y0: stylize(r.surface, r.building, r.height, x, y, backend.camera, backend.params),
+            lambda r=res, x=x0, y=y0: stylize(
+                r.surface, r.building, r.height, x, y, backend.camera, backend.params
+            ),
         )
         backend.generate(req)
         t_gen = best_of(args.repeat, lambda q=req: backend.generate(q))

@@ -122,6 +122,7 @@ def run_pilot(
     backend: ImageBackend,
     render_tile: Callable[[int, int], np.ndarray],
     *,
+    render_aux: Callable[[int, int], dict[str, np.ndarray]] | None = None,
     neighbour_mode: str = "left+top",
     prompt: str = "",
     negative_prompt: str = "",
@@ -132,6 +133,9 @@ def run_pilot(
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Run the seam pilot over tiles x0..x0+w-1 × y0..y0+h-1; write the outputs; return the report.
+
+    ``render_aux(x, y)`` (optional) gives a tile's render buffers ("surface", "building", "height"); they are
+    assembled for the template window and sent as ``GenerationRequest.aux`` (remote models ignore them).
 
     ``base_seed`` makes candidate seeds reproducible (tile n of the raster uses seeds
     ``base_seed + n·k + i``); ``None`` draws random seeds (recorded in the report). Raises
@@ -211,6 +215,15 @@ def run_pilot(
         cand_dir = out / "candidates" / f"{x}_{y}"
         _write_atomic(cand_dir / "template.png", template)
 
+        aux: dict[str, np.ndarray] = {}
+        if render_aux is not None:  # the window's per-pixel render buffers, for backends that use them
+            parts = {(dx, dy): render_aux(x - 1 + dx, y - 1 + dy) for dx in (0, 1) for dy in (0, 1)}
+            aux = {
+                name: np.block(
+                    [[parts[(0, 0)][name], parts[(1, 0)][name]], [parts[(0, 1)][name], parts[(1, 1)][name]]]
+                )
+                for name in parts[(0, 0)]
+            }
         context = {xy: accepted[xy] for xy in ((x - 1, y), (x, y - 1)) if xy in accepted}
         request = GenerationRequest(
             template_png=template,
@@ -220,6 +233,7 @@ def run_pilot(
             style_refs=style_refs,
             infill_box=(T, T, 2 * T, 2 * T),
             origin_px=((x - 1) * T, (y - 1) * T),
+            aux=aux,
         )
 
         def split(png: bytes, x: int = x, y: int = y) -> dict[tuple[int, int], np.ndarray]:

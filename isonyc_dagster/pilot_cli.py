@@ -11,7 +11,7 @@ from .geodata.load import load_city
 from .geometry import MapGeometry
 from .pilot import run_pilot
 from .project import ground_window
-from .render import Renderer
+from .render import Renderer, RenderResult
 
 
 def pilot_backend(name: str):
@@ -38,6 +38,13 @@ def run_pilot_cli(args: argparse.Namespace, config: ProjectConfig) -> int:
     bbox = (args.x0 - 1, args.y0 - 1, args.x0 + args.w - 1, args.y0 + args.h - 1)
     renderer = Renderer(load_city(geometry, sources, window=ground_window(geometry, bbox)), geometry)
     backend = pilot_backend(args.backend)
+    renders: dict[tuple[int, int], RenderResult] = {}
+
+    def render(x: int, y: int) -> RenderResult:
+        if (x, y) not in renders:
+            renders[(x, y)] = renderer.render_quadrant(x, y)
+        return renders[(x, y)]
+
     try:
         report = run_pilot(
             args.x0,
@@ -48,7 +55,8 @@ def run_pilot_cli(args: argparse.Namespace, config: ProjectConfig) -> int:
             args.overlap_px,
             args.out,
             backend,
-            lambda x, y: renderer.render_quadrant(x, y).rgb,
+            lambda x, y: render(x, y).rgb,
+            render_aux=lambda x, y: render(x, y).aux(),
             prompt=config.prompt,
         )
     finally:

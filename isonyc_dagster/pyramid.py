@@ -68,6 +68,7 @@ __all__ = [
     "PyramidMeta",
     "build_pyramid",
     "find_pyramid",
+    "layout_from_sidecar",
     "read_sidecar",
     "update_pyramid",
 ]

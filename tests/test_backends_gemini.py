@@ -29,7 +29,7 @@ def template():
 def style_ref():
     import numpy as np
 
-    return png_bytes(np.full((1024, 1024, 3), (120, 110, 90), np.uint8))
+    return png_bytes(np.full((128, 128, 3), (120, 110, 90), np.uint8))
 
 
 @pytest.fixture()

@@ -172,3 +172,12 @@ def test_config_errors():
         GCSTemplateUploader("gs://b/x", client=object())
     with pytest.raises(ValueError, match="url_ttl_s"):
         GCSTemplateUploader("b", client=object(), url_ttl_s=10)
+
+
+def test_signed_mode_without_a_signing_key_fails_clearly_and_cleans_up(api, gcs, template):
+    url, client = gcs  # anonymous credentials: cannot sign
+    up = GCSTemplateUploader(BUCKET, client=client, url_mode="signed", api_access_endpoint=url)
+    b = OxenBackend(API_KEY, "m", up, base_url=api.url, http=FAST)
+    with pytest.raises(BackendError, match="cannot sign template URLs.*use a service account") as ei:
+        b.generate(GenerationRequest(template))
+    assert not ei.value.retryable and api.requests == [] and staged_objects(client) == []

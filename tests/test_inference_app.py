@@ -190,3 +190,11 @@ def test_importing_server_pulls_no_modal_torch_or_diffusers():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_root_path_alias_serves_the_same_endpoint(server, template):
+    """Modal's fastapi_endpoint style URL (no path) works too, like the original server."""
+    r = httpx.post(
+        f"{server}/", json={"image_b64": base64.b64encode(template).decode(), "prompt": "p", "seed": 3}
+    )
+    assert r.status_code == 200 and base64.b64decode(r.json()["image_b64"]) == edit_template(template, 3)

@@ -475,6 +475,13 @@ def test_local_layout_and_sqlite_settings(tmp_path):
     )
     assert "SEARCH a USING PRIMARY KEY (layer=? AND x>? AND x<?)" in plan, plan
     assert isinstance(open_store(str(tmp_path / "st")), LocalTileStore)
+    # Temp files of a crashed writer are invisible to lookups and swept only once old enough.
+    stale, fresh = p.parent / f".{p.name}.dead.tmp", p.parent / f".{p.name}.live.tmp"
+    stale.write_bytes(b"partial")
+    fresh.write_bytes(b"partial")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    assert s.remove_stale_temp_files(older_than_s=3600) == 1
+    assert not stale.exists() and fresh.exists() and s.get_blob(v.sha256) == make_png(1)
     (tmp_path / "file").write_text("x")
     with pytest.raises(StoreError, match="is a file"):
         LocalTileStore(tmp_path / "file")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from dagster._core.definitions.data_version import StaleStatus
 from dagster._utils.test.data_versions import get_stale_status_resolver
 
 from isonyc_dagster.definitions import build_definitions
@@ -103,7 +104,7 @@ def test_regenerating_a_block_marks_exactly_its_dependants_stale(tmp_path: Path)
             (name, cell)
             for name in STEP_ASSETS.values()
             for cell in project.plan.cells(next(k for k, v in STEP_ASSETS.items() if v == name))
-            if resolver.get_status(dg.AssetKey(name), key2(*cell)) == dg.StaleStatus.STALE
+            if resolver.get_status(dg.AssetKey(name), key2(*cell)) == StaleStatus.STALE
         }
         assert stale_before == set()
 
@@ -117,11 +118,11 @@ def test_regenerating_a_block_marks_exactly_its_dependants_stale(tmp_path: Path)
         resolver = get_stale_status_resolver(instance, assets)
         stale_steps = {
             s.key for s in project.plan.steps
-            if resolver.get_status(dg.AssetKey(STEP_ASSETS[s.kind]), key2(*s.cell)) == dg.StaleStatus.STALE
+            if resolver.get_status(dg.AssetKey(STEP_ASSETS[s.kind]), key2(*s.cell)) == StaleStatus.STALE
         }
         assert stale_steps == {s.key for s in project.plan.dependants(block)}
         stale_quadrants = {
             q for q in project.quadrants.keys
-            if resolver.get_status(dg.AssetKey("generation"), key2(*q)) == dg.StaleStatus.STALE
+            if resolver.get_status(dg.AssetKey("generation"), key2(*q)) == StaleStatus.STALE
         }
         assert stale_quadrants == set(block.quadrants)

@@ -13,6 +13,7 @@ import dagster as dg
 import numpy as np
 
 from ..backends.base import BackendError, GenerationRequest
+from ..candidates import generate_candidates
 from ..plan import Step, StepKind
 from ..project import Project
 from ..render import RenderResult
@@ -73,7 +74,7 @@ class StepInputs:
                 res = RenderResult.from_npz(self.store.get_blob(aux_sha))
             else:
                 res = self.project.renderer.render_quadrant(x, y)
-            self._aux[(x, y)] = {"surface": res.surface, "building": res.building, "height": res.height}
+            self._aux[(x, y)] = res.aux()
         return self._aux[(x, y)]
 
     def generated_rgb(self, x: int, y: int) -> np.ndarray | None:
@@ -100,42 +101,33 @@ def run_step(
     inputs: StepInputs,
     template: Template,
 ) -> dict[str, Any]:
-    """Generate one step (K candidates when configured), validate, and commit its quadrants atomically."""
+    """Generate one step (K candidates scored on their seams when configured), validate, commit atomically."""
     store = project.store
     template_sha = store.put_blob(template.png)
-    seed0 = step_seed(project, step, generator.seed_offset)
-    k = max(1, generator.candidates)
-    candidates: list[dict[str, Any]] = []
-    best: tuple[float, dict[tuple[int, int], np.ndarray], Any] | None = None
-    errors: list[str] = []
-    for i in range(k):
-        request = GenerationRequest(
-            template_png=template.png,
-            prompt=project.config.prompt,
-            seed=seed0 + i,
-            infill_box=template.infill_box,
-            origin_px=template.origin_px,
-            aux=template.aux,
-        )
-        result = backend.generate(request)
-        output_sha = store.put_blob(result.image_png)
-        try:
-            quads = extract_quadrants(step, template, result.image_png)
-        except OutputRejected as e:
-            errors.append(str(e))
-            candidates.append(
-                {"output_sha256": output_sha, "seed": result.provenance.get("seed"), "rejected": e.reason}
-            )
-            continue
-        score = _context_seam_score(step, quads, inputs) if k > 1 else 0.0
-        candidates.append(
-            {"output_sha256": output_sha, "seed": result.provenance.get("seed"), "seam_score": score}
-        )
-        if best is None or score < best[0]:
-            best = (score, quads, (result, output_sha))
-    if best is None:
-        raise OutputRejected("all_candidates", "; ".join(errors))
-    score, quads, (result, output_sha) = best
+    request = GenerationRequest(
+        template_png=template.png,
+        prompt=project.config.prompt,
+        seed=step_seed(project, step, generator.seed_offset),
+        infill_box=template.infill_box,
+        origin_px=template.origin_px,
+        aux=template.aux,
+    )
+    context = {q: img for q in step.context if (img := inputs.generated_rgb(*q)) is not None}
+    cands = generate_candidates(
+        backend,
+        request,
+        max(1, generator.candidates),
+        split=lambda png: extract_quadrants(step, template, png),
+        context=context,
+    )
+    best = cands.best
+    summaries = []
+    for c in cands.candidates:  # every candidate is kept for review, the chosen one becomes active
+        summary = c.summary()
+        if c.result is not None:
+            summary["output_sha256"] = store.put_blob(c.result.image_png)
+        summaries.append(summary)
+    output_sha = summaries[cands.best_index]["output_sha256"]
     provenance = {
         "step": step.key,
         "kind": step.kind.value,
@@ -148,30 +140,22 @@ def run_step(
             for (x, y), v in store.active_map(GENERATION_LAYER, template.context_used).items()
         },
         "padding": [list(c) for c in template.padding],
-        **{k_: v for k_, v in result.provenance.items()},
-        "candidates": candidates if k > 1 else None,
-        "chosen_seam_score": score if k > 1 else None,
+        **best.result.provenance,
+        "seam_score": best.score,
+        "candidates": summaries if len(summaries) > 1 else None,
     }
     writes = [
         TileWrite(GENERATION_LAYER, x, y, encode_png(rgb), provenance)
-        for (x, y), rgb in sorted(quads.items())
+        for (x, y), rgb in sorted(best.quadrants.items())
     ]
     versions = store.put_tiles(writes)
     return {
         "template": template,
         "template_sha": template_sha,
-        "output_png": result.image_png,
+        "output_png": best.result.image_png,
         "provenance": provenance,
         "versions": versions,
     }
-
-
-def _context_seam_score(step: Step, quads: dict[tuple[int, int], np.ndarray], inputs: StepInputs) -> float:
-    """Worst seam between the candidate's quadrants and the accepted context around them (0 = perfect)."""
-    from ..seams import aggregate, score_step_seams
-
-    context = {q: img for q in step.context if (img := inputs.generated_rgb(*q)) is not None}
-    return float(aggregate(score_step_seams(quads, context)))
 
 
 def build_step_asset(

@@ -59,7 +59,9 @@ def value_noise(x: np.ndarray, y: np.ndarray, cell: float, salt: int = 0) -> np.
     x0, x1 = int(ix.min()), int(ix.max()) + 1
     y0, y1 = int(iy.min()), int(iy.max()) + 1
     lat = hash_unit(
-        np.arange(x0, x1 + 1, dtype=np.int64)[None, :], np.arange(y0, y1 + 1, dtype=np.int64)[:, None], salt=salt
+        np.arange(x0, x1 + 1, dtype=np.int64)[None, :],
+        np.arange(y0, y1 + 1, dtype=np.int64)[:, None],
+        salt=salt,
     )
     jx = ix - x0
     jy = iy - y0
@@ -73,7 +75,9 @@ def value_noise(x: np.ndarray, y: np.ndarray, cell: float, salt: int = 0) -> np.
 
 
 #: 4×4 Bayer matrix / 16: ordered-dither thresholds, indexed by world pixel (x & 3, y & 3).
-BAYER4 = (np.array([[0, 8, 2, 10], [12, 4, 14, 6], [3, 11, 1, 9], [15, 7, 13, 5]], dtype=np.float32) + 0.5) / 16.0
+BAYER4 = (
+    np.array([[0, 8, 2, 10], [12, 4, 14, 6], [3, 11, 1, 9], [15, 7, 13, 5]], dtype=np.float32) + 0.5
+) / 16.0
 
 
 def bayer(x: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -42,12 +42,12 @@ _COLOURS: dict[str, tuple[int, int, int]] = {
     "grass": (106, 142, 72),
     "grass_dark": (94, 128, 64),
     "grass_light": (120, 156, 82),
-    "grass_shadow": (70, 100, 56),
-    "tree_outline": (30, 54, 36),
-    "tree_dark": (44, 84, 46),
-    "tree_mid": (62, 112, 54),
-    "tree_light": (88, 140, 64),
-    "tree_hi": (124, 170, 84),
+    "grass_shadow": (72, 104, 56),
+    "tree_outline": (24, 44, 30),
+    "tree_dark": (38, 72, 42),
+    "tree_mid": (54, 98, 50),
+    "tree_light": (78, 126, 60),
+    "tree_hi": (110, 154, 76),
     # --- roofs
     "roof_0": (134, 126, 116),
     "roof_0d": (116, 108, 100),
@@ -64,6 +64,7 @@ _COLOURS: dict[str, tuple[int, int, int]] = {
     # --- rooftop objects
     "ac_top": (204, 204, 200),
     "ac_side": (160, 160, 160),
+    "ac_shade": (138, 138, 142),
     "ac_dark": (92, 92, 96),
     "wood_lit": (164, 112, 70),
     "wood_shade": (120, 80, 52),
@@ -131,15 +132,17 @@ class Material:
     glass: bool = False  # curtain wall: the wall is glass with a mullion grid instead of punched windows
     sills: bool = False
     weight: float = 1.0
+    win_w: float = 0.55  # window width / bay width
+    win_h: float = 0.5  # window height / floor height
 
 
 MATERIALS: tuple[Material, ...] = (
-    Material("brick", "brick_l", "brick_s", "brick_hi", "win_dark", sills=True, weight=2.2),
-    Material("brown", "brown_l", "brown_s", "brown_hi", "win_dark", sills=True, weight=1.3),
-    Material("tan", "tan_l", "tan_s", "tan_hi", "win_dark", sills=False, weight=2.0),
+    Material("brick", "brick_l", "brick_s", "brick_hi", "win_dark", sills=True, weight=2.2, win_w=0.5),
+    Material("brown", "brown_l", "brown_s", "brown_hi", "win_dark", sills=True, weight=1.3, win_w=0.5),
+    Material("tan", "tan_l", "tan_s", "tan_hi", "win_dark", weight=2.0),
     Material("cream", "cream_l", "cream_s", "cream_hi", "win_dark", weight=1.2),
-    Material("white", "white_l", "white_s", "white_hi", "win_shade", weight=1.2),
-    Material("concrete", "conc_l", "conc_s", "conc_hi", "win_dark", weight=1.1),
+    Material("white", "white_l", "white_s", "white_hi", "win_shade", weight=1.2, win_w=0.7, win_h=0.62),
+    Material("concrete", "conc_l", "conc_s", "conc_hi", "win_dark", weight=1.1, win_w=0.62, win_h=0.56),
     Material("glass", "glass_l", "glass_s", "glass_hi", "win_shade", glass=True, weight=0.9),
     Material("teal", "teal_l", "teal_s", "teal_hi", "win_shade", glass=True, weight=0.5),
 )
@@ -155,86 +158,112 @@ def material_table(attr: str) -> np.ndarray:
 
 MAT_GLASS = np.array([m.glass for m in MATERIALS])
 MAT_SILLS = np.array([m.sills for m in MATERIALS])
+MAT_WIN_W = np.array([m.win_w for m in MATERIALS], dtype=np.float32)
+MAT_WIN_H = np.array([m.win_h for m in MATERIALS], dtype=np.float32)
 
 ROOF_BASE = np.array([INDEX[f"roof_{i}"] for i in range(5)], dtype=np.int16)
 ROOF_DARK = np.array([INDEX[f"roof_{i}d"] for i in range(5)], dtype=np.int16)
 AWNINGS = np.array([INDEX[n] for n in ("awning_red", "awning_green", "awning_blue")], dtype=np.int16)
 
 # --- rooftop sprites -------------------------------------------------------------------------------
-# Drawn bottom-centre anchored, in screen space; "." is transparent. Letters map to palette names.
+# Small isometric objects drawn procedurally as character grids ("." transparent, letters → palette
+# names), anchored at their bottom centre. Ground edges at 45° to the view have a screen slope of
+# sin(45°)·cos(45°)/cos(45°) ≈ 0.707 in this camera, so box tops are 0.707-diamonds that sit on the
+# (mostly grid-aligned) Manhattan roofs.
 _SPRITE_KEYS = {
     "o": "outline",
     "t": "ac_top",
     "s": "ac_side",
+    "S": "ac_shade",
     "d": "ac_dark",
     "B": "wood_lit",
     "b": "wood_shade",
     "h": "wood_hoop",
     "c": "cone",
     "p": "pipe",
-    "T": "rim",  # bulkhead top: light
+    "T": "rim",
     "L": "conc_l",
     "R": "conc_s",
     "D": "win_dark",
     "G": "glass_s",
     "H": "glass_hi",
 }
+_SLOPE = 0.707
+
+
+def _outlined(g: np.ndarray) -> list[str]:
+    shape = g != "."
+    pad = np.pad(shape, 1)
+    edge = shape & ~(pad[:-2, 1:-1] & pad[2:, 1:-1] & pad[1:-1, :-2] & pad[1:-1, 2:])
+    g[edge] = "o"
+    rows = np.nonzero(shape.any(axis=1))[0]
+    cols = np.nonzero(shape.any(axis=0))[0]
+    g = g[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    return ["".join(r) for r in g]
+
+
+def iso_box(
+    a: int,
+    hv: int,
+    *,
+    top: str = "t",
+    left: str = "s",
+    right: str = "S",
+    fans: tuple[tuple[int, int], ...] = (),
+    door: bool = False,
+    glint: bool = False,
+) -> list[str]:
+    """A box with a 0.707-diamond top of half-width ``a`` px and ``hv`` px tall faces."""
+    b = max(1, round(a * _SLOPE))
+    g = np.full((2 * b + 2 + hv, 2 * a + 1), ".", dtype="<U1")
+    yy, xx = np.mgrid[0 : g.shape[0], 0 : g.shape[1]]
+    dxn = np.abs(xx - a) / a
+    top_m = dxn + np.abs(yy - b) / b <= 1.0 + 1e-9
+    lower = np.floor(b + b * (1 - dxn) + 0.5)
+    face = ~top_m & (yy > lower - 1) & (yy <= lower + hv) & (dxn <= 1)
+    g[top_m] = top
+    g[face & (xx < a)] = left
+    g[face & (xx >= a)] = right
+    for fx, fy in fans:  # fan grilles: a dark ring around a hub
+        for dy, dx in ((0, -1), (0, 1), (-1, 0), (1, 0)):
+            g[fy + dy, fx + dx] = "d"
+        g[fy, fx] = "p"
+    if glint:
+        g[b, a - 1 : a + 2] = "H"
+    if door:
+        x0 = a // 2
+        base = int(lower[0, x0])
+        g[base + hv - 4 : base + hv, x0 : x0 + 2] = "D"
+    return _outlined(g)
+
+
+def water_tower(rx: int = 4, body: int = 8, legs: int = 4) -> list[str]:
+    """The classic New York wooden water tank: conical roof, hooped barrel, braced legs."""
+    w = 2 * rx + 1
+    g = np.full((rx + body + legs + 1, w), ".", dtype="<U1")
+    for r in range(rx):
+        hw = round(rx * (r + 1) / rx)
+        g[r, rx - hw : rx + hw + 1] = "c"
+    for r in range(rx, rx + body):
+        hw = rx if r < rx + body - 1 else rx - 1
+        g[r, rx - hw : rx] = "B"
+        g[r, rx : rx + hw + 1] = "b"
+        if (r - rx) % 3 == 2:
+            g[r, rx - hw : rx + hw + 1] = "h"
+    base = rx + body
+    for x in (1, rx, w - 2):
+        g[base : base + legs, x] = "o"
+    g[base + legs // 2, 1 : w - 1] = "p"
+    g[base + legs // 2, [1, rx, w - 2]] = "o"
+    return _outlined(g)
+
 
 _SPRITES_TXT: dict[str, list[str]] = {
-    "ac": [
-        ".ooooo.",
-        "ottttto",
-        "otdtdto",
-        "ottttto",
-        "ossssso",
-        ".ooooo.",
-    ],
-    "ac2": [
-        ".ooooooooo.",
-        "ottttttttto",
-        "otdtdtdtdto",
-        "ottttttttto",
-        "ossssssssso",
-        "ossssssssso",
-        ".ooooooooo.",
-    ],
-    "bulkhead": [
-        "..ooooooo..",
-        ".oTTTTTTTo.",
-        "oTTTTTTTTTo",
-        "oLLLLLRRRRo",
-        "oLLLLLRRRRo",
-        "oLLDDLRRRRo",
-        "oLLDDLRRRRo",
-        "oLLDDLRRRRo",
-        ".ooooooooo.",
-    ],
-    "tower": [
-        "....o....",
-        "...oco...",
-        "..occco..",
-        ".occccco.",
-        "oBBBBbbbo",
-        "oBBBbbbbo",
-        "ohhhhhhho",
-        "oBBBbbbbo",
-        "oBBBbbbbo",
-        "ohhhhhhho",
-        "oBBBbbbbo",
-        ".oBBbbbo.",
-        "..o...o..",
-        "..op.po..",
-        "..o...o..",
-        ".oo...oo.",
-    ],
-    "skylight": [
-        ".oooooo.",
-        "oGGGGGGo",
-        "oGHGGHGo",
-        "oGGGGGGo",
-        "oLLLLLLo",
-        ".oooooo.",
-    ],
+    "ac": iso_box(5, 3, fans=((3, 4), (7, 4))),
+    "ac_big": iso_box(8, 4, fans=((4, 6), (8, 4), (12, 6))),
+    "bulkhead": iso_box(6, 8, top="T", left="L", right="R", door=True),
+    "tower": water_tower(),
+    "skylight": iso_box(4, 1, top="G", glint=True),
 }
 
 
@@ -260,9 +289,7 @@ def _build_sprite(name: str, rows: list[str]) -> Sprite:
             dys.append(r - (h - 1))
             dxs.append(c - w // 2)
             cols.append(INDEX[_SPRITE_KEYS[ch]])
-    return Sprite(
-        name, np.array(dys, np.int64), np.array(dxs, np.int64), np.array(cols, np.int16), w, h
-    )
+    return Sprite(name, np.array(dys, np.int64), np.array(dxs, np.int64), np.array(cols, np.int16), w, h)
 
 
 SPRITES: tuple[Sprite, ...] = tuple(_build_sprite(n, r) for n, r in _SPRITES_TXT.items())

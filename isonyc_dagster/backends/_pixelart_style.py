@@ -52,7 +52,7 @@ class StyleParams:
     floor_height_m: float = 3.6
     window_spacing_m: float = 3.0
     depth_edge_m: float = 1.5  # a height jump larger than this between neighbours is an occlusion edge
-    tree_density: float = 0.7
+    tree_density: float = 0.85
     roof_detail_density: float = 0.6
     lane_dash_m: float = 3.0
 
@@ -73,15 +73,20 @@ class StyleParams:
 MARGIN_PX = 48
 
 _I = pal.idx
-S_GROUND, S_ROAD, S_PARK, S_WATER = (int(Surface.GROUND), int(Surface.ROAD), int(Surface.PARK), int(Surface.WATER))
+S_GROUND, S_ROAD, S_PARK, S_WATER = (
+    int(Surface.GROUND),
+    int(Surface.ROAD),
+    int(Surface.PARK),
+    int(Surface.WATER),
+)
 S_ROOF, S_WL, S_WR = int(Surface.ROOF), int(Surface.WALL_LEFT), int(Surface.WALL_RIGHT)
 
 # Rooftop sprite grid (world px): one candidate per cell, sprites stay inside their cell, so they
 # never overlap and their draw order does not matter.
 _SPRITE_CELL = 24
-_SPRITE_P = np.array([0.38, 0.2, 0.16, 0.08, 0.18])  # ac, ac2, bulkhead, tower, skylight
+_SPRITE_P = np.array([0.36, 0.2, 0.18, 0.1, 0.16])  # ac, ac_big, bulkhead, tower, skylight
 # Tree grid (world px).
-_TREE_CX, _TREE_CY = 11, 9
+_TREE_CX, _TREE_CY = 17, 15
 _PAD = 3
 
 
@@ -242,7 +247,9 @@ class _BuildingLut:
 
 
 class _Ctx:
-    def __init__(self, buf: _Buf, out: np.ndarray, x0: int, y0: int, cam: Camera, params: StyleParams) -> None:
+    def __init__(
+        self, buf: _Buf, out: np.ndarray, x0: int, y0: int, cam: Camera, params: StyleParams
+    ) -> None:
         self.buf = buf
         self.out = out
         self.x0 = int(x0)
@@ -332,11 +339,13 @@ class _Ctx:
         cys = np.arange(gy0, int(cy0.max()) + 2, dtype=np.int64)[:, None]
         hsh = hash_u32(cxs, cys, salt=seed + 32)
         clump = value_noise(cxs * _TREE_CX, cys * _TREE_CY, 52.0, salt=seed + 33)
-        p = self.params.tree_density * np.clip((clump - 0.25) * 2.4, 0.0, 1.0)
+        p = self.params.tree_density * np.clip((clump - 0.22) * 2.6, 0.0, 1.0)
         present_g = (hsh >> np.uint32(8)).astype(np.float32) * np.float32(1 / 16777216) < p
         ax_g = cxs * _TREE_CX + (hsh % _TREE_CX).astype(np.int64)
         ay_g = cys * _TREE_CY + ((hsh >> np.uint32(4)) % _TREE_CY).astype(np.int64)
-        r_g = 4.0 + ((hsh >> np.uint32(12)) % 5).astype(np.float32)  # 4..8 px ≤ cell: ±1 cell suffices
+        r_g = 7.0 + ((hsh >> np.uint32(12)) % 10).astype(np.float32)  # 7..16 px ≤ cell: ±1 cell suffices
+        # Lumpy canopy edges: the unit-circle test is perturbed by small-scale noise of the pixel.
+        wobble = 1.0 + (value_noise(gx, gy, 3.0, salt=seed + 37) - 0.5) * 0.45
         for dj in (-1, 0, 1):
             for di in (-1, 0, 1):
                 jy = cy0 + (dj - gy0)
@@ -348,27 +357,28 @@ class _Ctx:
                 ax, ay, r = ax_g[jy, jx], ay_g[jy, jx], r_g[jy, jx]
                 u = (gx[cand] - ax).astype(np.float32) / r
                 v = (gy[cand] - ay).astype(np.float32) / (r * np.float32(0.85))
-                take = (u * u + v * v <= 1.0) & (ay > best_ay[cand])
+                take = (u * u + v * v <= wobble[cand]) & (ay > best_ay[cand])
                 t = cand[take]
                 best_ay[t] = ay[take]
                 best_u[t] = u[take]
                 best_v[t] = v[take]
                 # Canopy shadow: the canopy shifted down-right onto the grass.
-                us = u - 2.0 / r
-                vs = v - 2.0 / (r * np.float32(0.85))
-                shadow[cand[us * us + vs * vs <= 1.0]] = True
+                us = u - 3.0 / r
+                vs = v - 3.0 / (r * np.float32(0.85))
+                shadow[cand[us * us + vs * vs <= wobble[cand]]] = True
         tree = best_ay != none
         col[shadow & ~tree] = _I("grass_shadow")
         if tree.any():
             u, v = best_u[tree], best_v[tree]
-            rr = u * u + v * v
-            leaf = n[tree]
-            lit = u + v + (leaf - 0.5) * 0.6
+            rr = (u * u + v * v) / wobble[tree]
+            # Leaf clumps: small-scale noise breaks the canopy shading into lit and shaded tufts.
+            tufts = value_noise(gx[tree], gy[tree], 3.5, salt=seed + 36)
+            lit = u + v + (tufts - 0.5) * 1.6 + (n[tree] - 0.5) * 0.3
             tc = np.full(u.shape, _I("tree_mid"), np.int16)
             tc[lit < -0.45] = _I("tree_light")
             tc[lit < -0.95] = _I("tree_hi")
             tc[lit > 0.4] = _I("tree_dark")
-            tc[(rr > 0.7) & (u + v > -0.1)] = _I("tree_outline")
+            tc[(rr > 0.8) | ((rr > 0.66) & (u + v > 0.2))] = _I("tree_outline")
             col[tree] = tc
         self._shore(sub, col)
         self.out[flat] = col
@@ -407,27 +417,34 @@ class _Ctx:
         rad = 12.0
         size = (2 * math.ceil(rad / samp[0]) + 1, 2 * math.ceil(rad / samp[1]) + 1)
         dmax = ndimage.maximum_filter(d, size=size, mode="nearest")
+        result = np.zeros(sub.flat.shape, bool)
         ly, lx = sub.y - y0, sub.x - x0
         dd = d[ly, lx]
-        ny = (iy[ly, lx] - ly) * samp[0]  # vector to the nearest kerb, metres
-        nx = (ix[ly, lx] - lx) * samp[1]
-        vert = np.abs(ny) >= np.abs(nx)
-        sy = np.where(vert, -np.sign(ny), 0).astype(np.int64)
-        sx = np.where(vert, 0, -np.sign(nx)).astype(np.int64)
-        qy = ly + sy
-        qx = lx + sx
-        # At the region's border the step leaves the buffer: no evidence of a ridge there (the road may
-        # go on beyond), so no line — the step that sees past this border draws it if it is real.
-        inside = (qy >= 0) & (qy < m.shape[0]) & (qx >= 0) & (qx < m.shape[1])
-        inside &= (sub.y > 0) & (sub.y < self.buf.hh - 1) & (sub.x > 0) & (sub.x < self.buf.ww - 1)
-        qy = np.clip(qy, 0, m.shape[0] - 1)
-        qx = np.clip(qx, 0, m.shape[1] - 1)
-        ridge = inside & (d[qy, qx] <= dd + 0.02)
+        # Cheap tests first: only pixels at the local maximum width of a real street can be centre.
+        # Not at the region's border either: the road may go on beyond, so there is no evidence of a
+        # ridge there; the step that sees past this border draws the line if it is real.
+        cand = np.flatnonzero(
+            (dd > 2.6)
+            & (dd >= dmax[ly, lx] - 0.45)
+            & (sub.y > 0)
+            & (sub.y < self.buf.hh - 1)
+            & (sub.x > 0)
+            & (sub.x < self.buf.ww - 1)
+        )
+        if not cand.size:
+            return result
+        ly, lx, dd = ly[cand], lx[cand], dd[cand]
+        ky, kx = iy[ly, lx], ix[ly, lx]  # nearest kerb pixel
         # The nearest kerb must be at ground level: a road sliver seen between two towers is bounded
         # by walls, not kerbs, and has no meaningful centre.
-        kerb_s = self.buf.S(0, 0)[iy[ly, lx] + y0, ix[ly, lx] + x0]
+        kerb_s = self.buf.S(0, 0)[ky + y0, kx + x0]
         at_ground = (kerb_s == S_GROUND) | (kerb_s == S_PARK) | (kerb_s == S_WATER)
-        centre = ridge & at_ground & (dd > 2.6) & (dd >= dmax[ly, lx] - 0.45)
+        ny = (ky - ly) * samp[0]  # vector to the nearest kerb, metres
+        nx = (kx - lx) * samp[1]
+        vert = np.abs(ny) >= np.abs(nx)
+        qy = np.clip(ly - np.where(vert, np.sign(ny), 0).astype(np.int64), 0, m.shape[0] - 1)
+        qx = np.clip(lx - np.where(vert, 0, np.sign(nx)).astype(np.int64), 0, m.shape[1] - 1)
+        centre = at_ground & (d[qy, qx] <= dd + 0.02)  # a step away from the kerb stops gaining
         if centre.any():
             # Keep only ridge lines of some length: isolated ridge specks inside plazas are not lines.
             c2 = np.zeros(m.shape, bool)
@@ -440,9 +457,10 @@ class _Ctx:
         flip = (tx < 0) | ((tx == 0) & (ty < 0))
         ty = np.where(flip, -ty, ty)
         tx = np.where(flip, -tx, tx)
-        along = (wy * samp[0]) * ty + (wx * samp[1]) * tx
+        along = (wy[cand] * samp[0]) * ty + (wx[cand] * samp[1]) * tx
         dash = np.mod(along, 2 * self.params.lane_dash_m) < self.params.lane_dash_m
-        return centre & dash
+        result[cand] = centre & dash
+        return result
 
     # --- buildings ----------------------------------------------------------------------------------
     def walls(self, flat: np.ndarray, lut: _BuildingLut) -> None:
@@ -477,7 +495,7 @@ class _Ctx:
         phase = lut.phase_x[bi]
         cx = (wx + phase) % period
         col_i = (wx + phase) // period
-        win_w = np.clip(np.rint(period * 0.55), 2, period - 1).astype(np.int64)
+        win_w = np.clip(np.rint(period * pal.MAT_WIN_W[mat]), 2, period - 1).astype(np.int64)
         col_on = (cx >= 1) & (cx <= win_w)
 
         # Floors are bands of height: integer "height pixels" step exactly once per screen row.
@@ -485,11 +503,13 @@ class _Ctx:
         hp = np.floor(h * cam.k + 0.5).astype(np.int64)
         floor_i = hp // fp
         rp = hp - floor_i * fp
-        win_h = np.clip(np.rint(fp * 0.5), 2, fp - 3).astype(np.int64)
+        win_h = np.clip(np.rint(fp * pal.MAT_WIN_H[mat]), 2, fp - 3).astype(np.int64)
         row_on = (rp >= 2) & (rp < 2 + win_h)
 
         # Piers at the wall's ends and the cornice under the roof: no windows there.
-        pier = sub.take(~(buf.same_wall(0, 1) & buf.same_wall(0, -1) & buf.same_wall(0, 2) & buf.same_wall(0, -2)))
+        pier = sub.take(
+            ~(buf.same_wall(0, 1) & buf.same_wall(0, -1) & buf.same_wall(0, 2) & buf.same_wall(0, -2))
+        )
         b1 = buf.same_roof(-1, 0)
         below1 = sub.take(b1)
         below = sub.take(b1 | buf.same_roof(-2, 0) | buf.same_roof(-3, 0))
@@ -613,7 +633,9 @@ class _Ctx:
             cx, cy, pk, hk = CX[sel], CY[sel], pick[sel], hj[sel]
             # Anchor = bottom-centre of the sprite, placed so the sprite stays inside its cell.
             ax = cx * c + spr.width // 2 + (hk % (c - spr.width + 1)).astype(np.int64) - x0
-            ay = cy * c + spr.height - 1 + ((hk >> np.uint32(10)) % (c - spr.height + 1)).astype(np.int64) - y0
+            ay = (
+                cy * c + spr.height - 1 + ((hk >> np.uint32(10)) % (c - spr.height + 1)).astype(np.int64) - y0
+            )
             left = ax - spr.width // 2
             right = left + spr.width - 1
             top = ay - spr.height + 1
@@ -626,7 +648,14 @@ class _Ctx:
             inbox = (left >= bx0) & (right < bx1) & (top >= by0) & (ay < by1)
             bid = b[ay, ax]
             ok = interior[ay, ax] & (bid != 0)
-            for yy, xx in ((ay, left), (ay, right), (top, left), (top, right), (top, ax), ((ay + top) // 2, ax)):
+            for yy, xx in (
+                (ay, left),
+                (ay, right),
+                (top, left),
+                (top, right),
+                (top, ax),
+                ((ay + top) // 2, ax),
+            ):
                 ok &= interior[yy, xx] & (b[yy, xx] == bid)
             if not ok.any():
                 continue

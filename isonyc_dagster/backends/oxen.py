@@ -102,14 +102,16 @@ class GCSTemplateUploader:
             # Metadata-server credentials cannot sign locally: sign through IAM with a fresh token.
             import google.auth.transport.requests
 
+            if creds is None:
+                raise BackendError("oxen: cannot sign template URLs: the GCS client has no credentials")
+            if not creds.valid:  # compute-engine credentials only learn their real email on refresh
+                creds.refresh(google.auth.transport.requests.Request())
             email = getattr(creds, "service_account_email", None)
-            if creds is None or not email:
+            if not email or email == "default":
                 raise BackendError(
                     "oxen: cannot sign template URLs: the GCS credentials have no signing key and no service "
                     "account email; use a service account (key file or workload identity) for the uploader"
                 )
-            if not creds.valid:
-                creds.refresh(google.auth.transport.requests.Request())
             kwargs.update(service_account_email=email, access_token=creds.token)
         return blob.generate_signed_url(**kwargs)
 

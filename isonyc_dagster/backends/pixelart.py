@@ -231,12 +231,16 @@ def _check_aux(aux: dict[str, np.ndarray], hh: int, ww: int) -> dict[str, np.nda
         h = out["height"].astype(np.float32, copy=False)
         bad = int(np.count_nonzero(~np.isfinite(h)))
         if bad:
-            raise BackendError(f"aux['height'] has {bad} non-finite values; heights must be metres (0 = ground)")
+            raise BackendError(
+                f"aux['height'] has {bad} non-finite values; heights must be metres (0 = ground)"
+            )
         out["height"] = h
     return out
 
 
-def _check_aux_matches_template(template: np.ndarray, surface: np.ndarray, box: tuple[int, int, int, int]) -> None:
+def _check_aux_matches_template(
+    template: np.ndarray, surface: np.ndarray, box: tuple[int, int, int, int]
+) -> None:
     """Refuse aux buffers of another window: they would paint the wrong city into the infill."""
     x0, y0, x1, y1 = box
     if x1 - x0 <= 8 or y1 - y0 <= 8:

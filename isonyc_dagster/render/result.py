@@ -98,6 +98,10 @@ class RenderResult:
                 )
 
     # --- windows --------------------------------------------------------------------------------
+    def aux(self) -> dict[str, np.ndarray]:
+        """The per-pixel buffers as ``GenerationRequest.aux`` expects them (surface, building, height)."""
+        return {"surface": self.surface, "building": self.building, "height": self.height}
+
     def crop(self, x0: int, y0: int, w: int, h: int) -> RenderResult:
         """Sub-window at local offset (x0, y0) of size w×h (e.g. one quadrant of a tile render)."""
         H, W = self.surface.shape

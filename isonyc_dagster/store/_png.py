@@ -92,6 +92,8 @@ def check_layer(layer: str) -> str:
 
 def check_xy(x: int, y: int) -> tuple[int, int]:
     """Quadrant coordinates as plain ints (numpy integers accepted: they come out of arrays)."""
+    if type(x) is int and type(y) is int and -(2**62) < x < 2**62 and -(2**62) < y < 2**62:
+        return x, y  # fast path: the ABC isinstance check below dominates active_map over 10k keys
     for name, v in (("x", x), ("y", y)):
         # bool is an Integral too; True as a coordinate is always a caller bug.
         if isinstance(v, bool) or not isinstance(v, numbers.Integral):

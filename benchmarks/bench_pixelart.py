@@ -7,7 +7,8 @@ waterfront (The Battery: parks, water, roads) and a 1×2 bridge there (infill 51
 each side) — it times ``PixelArtBackend.generate`` (decode, stylize, PNG encode) and, in the same process,
 two baselines: the whitebox render of the same window (the stage before it) and a bare PNG
 decode + encode of the template (the I/O floor every backend pays). Goal: well under 1 s per 1024² step
-on one core, i.e. the same order as rendering.
+on one core. Wall time is reported next to process CPU time: on a shared machine the wall clock mostly
+measures the neighbours, the CPU time is what one step costs.
 Data is read in place from ../shared/geodata.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import statistics
 import sys
 import time
@@ -38,12 +40,12 @@ from isonyc_dagster.render import Renderer  # noqa: E402
 GEODATA = REPO.parent / "shared" / "geodata"
 
 
-def best_of(n: int, fn: Callable[[], object]) -> float:
+def best_of(n: int, fn: Callable[[], object], clock: Callable[[], float] = time.perf_counter) -> float:
     times = []
     for _ in range(n):
-        t = time.perf_counter()
+        t = clock()
         fn()
-        times.append(time.perf_counter() - t)
+        times.append(clock() - t)
     return min(times)
 
 
@@ -91,7 +93,8 @@ def main() -> int:
         ("1×2 bridge, The Battery", Renderer(lower, geom), window(40.7040, -74.0160), (256, 0, 768, 1024)),
     ]
     print(
-        f"{'case':<26}{'render s':>10}{'png i/o s':>11}{'stylize s':>11}{'generate s':>12}{'÷ render':>10}{'÷ png i/o':>11}"
+        f"{'case':<26}{'render s':>10}{'png i/o s':>11}{'stylize s':>11}{'generate s':>12}"
+        f"{'gen cpu s':>11}{'÷ render':>10}{'÷ png i/o':>11}"
     )
     worst = 0.0
     for name, renderer, (x0, y0), infill in cases:
@@ -114,12 +117,17 @@ def main() -> int:
         )
         backend.generate(req)
         t_gen = best_of(args.repeat, lambda q=req: backend.generate(q))
-        worst = max(worst, t_gen)
+        t_cpu = best_of(args.repeat, lambda q=req: backend.generate(q), time.process_time)
+        worst = max(worst, t_cpu)
         print(
-            f"{name:<26}{t_render:>10.3f}{t_io:>11.3f}{t_sty:>11.3f}{t_gen:>12.3f}"
+            f"{name:<26}{t_render:>10.3f}{t_io:>11.3f}{t_sty:>11.3f}{t_gen:>12.3f}{t_cpu:>11.3f}"
             f"{t_gen / t_render:>10.2f}{t_gen / t_io:>11.2f}"
         )
-    print(f"worst generate per 1024² step: {worst:.3f} s (goal < 1 s): {'OK' if worst < 1.0 else 'SLOW'}")
+    print(
+        f"worst generate CPU time per 1024² step: {worst:.3f} s (goal < 1 s): {'OK' if worst < 1.0 else 'SLOW'}"
+    )
+    load = " ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(f"load average: {load} (wall times are inflated when it exceeds the core count)")
     lat = [backend.generate(req).provenance["latency_s"] for _ in range(args.repeat)]
     print(f"provenance latency_s of the last case: median {statistics.median(lat):.3f} s")
     return 0

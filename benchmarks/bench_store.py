@@ -104,6 +104,12 @@ def bench_store(name: str, make: Callable[[], TileStore], tiles: list[bytes], ba
     report("get_tile, 1 thread", n, nbytes, secs, {"read": base["read"]})
     secs = timed(lambda: in_threads(4, list(range(n)), lambda i: s.get_tile("gen", *key(i))), 3)
     report("get_tile, 4 threads", n, nbytes, secs, {"read": base["read"]})
+    keys = [key(i) for i in range(min(n, 500))]
+    per_key = timed(lambda: TileStore.active_map(s, "gen", keys), 3)  # the ABC's default: one active() a key
+    one = timed(lambda: s.active_map("gen", keys), 3)
+    print(
+        f"  {f'active_map, {len(keys)} keys':<38} {one * 1e3:9.1f} ms   {per_key / one:6.1f}x the per-key default"
+    )
     s.close()
 
     s = make()
@@ -185,6 +191,7 @@ def main() -> None:
     ap.add_argument(
         "--gcs", action="store_true", help="also run the GCS store against an in-process emulator"
     )
+    ap.add_argument("--gcs-tiles", type=int, default=200, help="tiles for the emulator run (it is slow)")
     args = ap.parse_args()
 
     t = time.perf_counter()
@@ -252,7 +259,10 @@ def main() -> None:
                     return GCSTileStore("bench", f"run{i}", client=client, cache_dir=root / f"gcs-cache{i}")
 
                 bench_store(
-                    "GCSTileStore on a localhost emulator (not real GCS latency)", fresh_gcs, tiles, base
+                    "GCSTileStore on a localhost emulator (not real GCS latency)",
+                    fresh_gcs,
+                    tiles[: args.gcs_tiles],
+                    base,
                 )
             finally:
                 server.stop()

@@ -540,3 +540,14 @@ def test_registry_builds_the_backend_from_flat_settings(tower):
         PixelArtBackend(params={"colour": 1})
     with pytest.raises(ValueError, match="tree_density"):
         StyleParams(tree_density=2.0)
+
+
+def test_surface_only_aux_infers_building_ids_and_heights(backend, tower):
+    req = GenerationRequest(
+        template_png=png(tower.rgb), origin_px=tower.origin_px, aux={"surface": tower.surface}
+    )
+    res = backend.generate(req)
+    assert res.provenance["buffers"] == "aux+inferred"
+    out = decode(res.image_png)
+    walls = np.isin(tower.surface, [Surface.WALL_LEFT, Surface.WALL_RIGHT])
+    assert 0.15 < colours_match(out, WINDOW_COLOURS)[walls].mean() < 0.6

@@ -33,7 +33,7 @@ BACKENDS = ["local", "gcs"]
 
 @pytest.fixture(params=BACKENDS)
 def env(request, tmp_path):
-    """(kind, location, emulator endpoint or None); a fresh bucket / directory per test."""
+    """(kind, location, GcsEmulator or None); a fresh directory / emulator and bucket per test."""
     if request.param == "local":
         yield "local", str(tmp_path / "store"), None
         return

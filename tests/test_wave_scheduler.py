@@ -110,7 +110,8 @@ def test_regenerating_a_block_marks_exactly_its_dependants_stale(tmp_path: Path)
 
         block = project.plan.step(StepKind.BLOCK, (1, 1))
         old = {q: project.store.active("generation", *q).sha256 for q in block.quadrants}
-        regen = build_definitions(cfg, generator=GeneratorResource(seed_offset=7))
+        # Another texture seed of the offline backend: a genuinely different image for this block.
+        regen = build_definitions(cfg, generator=GeneratorResource(settings_json='{"params": {"seed": 7}}'))
         assert regen.resolve_job_def("blocks_job").execute_in_process(instance=instance, partition_key="1|1").success
         new = {q: project.store.active("generation", *q) for q in block.quadrants}
         assert all(new[q].sha256 != old[q] and new[q].version == 2 for q in block.quadrants)

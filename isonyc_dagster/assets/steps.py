@@ -205,7 +205,7 @@ def build_step_asset(
                 # context is materialized (and a manual launch should fail at once, with this message).
                 allow_retries=False,
             )
-        backend = generator.build()
+        backend = generator.build(p.config.map)
         shas: dict[str, str] = {}
         last_meta: dict[str, Any] = {}
         try:

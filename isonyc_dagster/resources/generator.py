@@ -13,6 +13,7 @@ from typing import Any
 import dagster as dg
 
 from ..backends.base import ImageBackend
+from ..config import MapConfig
 
 
 class GeneratorResource(dg.ConfigurableResource):
@@ -37,7 +38,11 @@ class GeneratorResource(dg.ConfigurableResource):
             out["auth_secret"] = self.auth_secret
         return out
 
-    def build(self) -> ImageBackend:
+    def build(self, map_config: MapConfig | None = None) -> ImageBackend:
+        """The backend; the offline pixel-art backend also gets the map's camera (its textures follow it)."""
         from ..backends.registry import make_backend
 
-        return make_backend(self.backend, **self.settings())
+        settings = self.settings()
+        if self.backend == "pixelart" and map_config is not None:
+            settings.setdefault("map_config", map_config.model_dump(mode="json"))
+        return make_backend(self.backend, **settings)

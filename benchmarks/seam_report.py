@@ -1,0 +1,53 @@
+"""Seam statistics of a generated map: every edge between quadrants of two different generation steps.
+
+Usage: ``python benchmarks/seam_report.py [--config project.toml]`` (default: the embedded demo in ./data).
+Prints the count, mean, median, 95th percentile and maximum seam score, and how many edges exceed the QA threshold,
+next to the same statistics for edges *inside* steps (one model output: the baseline a seam can at best reach).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+
+import numpy as np
+from PIL import Image
+
+from isonyc_dagster.config import load_project_config
+from isonyc_dagster.project import Project
+from isonyc_dagster.seams import DEFAULT_THRESHOLD, seam_score
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--config", default=None)
+    args = ap.parse_args()
+    project = Project(load_project_config(args.config))
+    store, plan = project.store, project.plan
+    cache: dict[tuple[int, int], np.ndarray | None] = {}
+
+    def rgb(q: tuple[int, int]) -> np.ndarray | None:
+        if q not in cache:
+            png = store.get_tile("generation", *q)
+            cache[q] = None if png is None else np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+        return cache[q]
+
+    between, within = [], []
+    for q in project.quadrants.keys:
+        for dx, dy, edge in ((1, 0, "lr"), (0, 1, "tb")):
+            nb = (q[0] + dx, q[1] + dy)
+            if nb not in project.quadrants or rgb(q) is None or rgb(nb) is None:
+                continue
+            same = plan.step_for_quadrant(*q).key == plan.step_for_quadrant(*nb).key
+            (within if same else between).append(seam_score(rgb(q), rgb(nb), edge))
+    for name, scores in (("between steps", between), ("within a step", within)):
+        if not scores:
+            print(f"{name}: no edges")
+            continue
+        a = np.array(scores)
+        print(f"{name:>14}: {len(a):5d} edges  mean {a.mean():5.2f}  median {np.median(a):5.2f}  "
+              f"p95 {np.percentile(a, 95):5.2f}  max {a.max():5.2f}  > {DEFAULT_THRESHOLD:g}: {(a > DEFAULT_THRESHOLD).sum()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -5,8 +5,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 import warnings
 
 import dagster as dg
@@ -18,36 +16,13 @@ from .assets.render import build_render_asset
 from .assets.steps import STEP_ASSET_NAMES, build_step_asset
 from .assets.water import build_water_asset
 from .config import ProjectConfig
+from .jobs import seam_pilot_job
 from .partitions import LatticeMappings, cell_partitions, quadrant_partitions
 from .plan import StepKind
 from .project import Project
-from .resources import GeneratorResource, ProjectResource
+from .resources import GeneratorResource, ProjectResource, generator_resource
 from .seams import DEFAULT_THRESHOLD
 from .sensors import build_jobs, build_wave_scheduler
-
-#: Environment variables read by the remote backends' resources (values never leave the resource).
-BACKEND_ENV = {
-    "modal": {"url": "ISONYC_MODAL_URL", "api_key": "ISONYC_MODAL_KEY", "auth_secret": "ISONYC_MODAL_SECRET"},
-    "oxen": {"api_key": "ISONYC_OXEN_API_KEY"},
-    "gemini": {"api_key": "ISONYC_GEMINI_API_KEY"},
-    "vertex": {},
-}
-
-
-def generator_resource(config: ProjectConfig) -> GeneratorResource:
-    """The generator resource for the configured backend; secrets are bound to environment variables."""
-    name = config.backend
-    env = BACKEND_ENV.get(name, {})
-    settings = json.loads(os.environ.get("ISONYC_BACKEND_SETTINGS", "{}"))
-    if "url" in env and os.environ.get(env["url"]):
-        settings.setdefault("url", os.environ[env["url"]])
-    return GeneratorResource(
-        backend=name,
-        settings_json=json.dumps(settings),
-        api_key=dg.EnvVar(env["api_key"]) if "api_key" in env else None,
-        auth_secret=dg.EnvVar(env["auth_secret"]) if "auth_secret" in env else None,
-        candidates=int(os.environ.get("ISONYC_CANDIDATES", "1")),
-    )
 
 
 def build_definitions(config: ProjectConfig, *, generator: GeneratorResource | None = None) -> dg.Definitions:
@@ -76,11 +51,11 @@ def build_definitions(config: ProjectConfig, *, generator: GeneratorResource | N
     jobs = build_jobs()
     return dg.Definitions(
         assets=[geodata, render, *steps, generation, water, *exports],
-        jobs=jobs,
+        jobs=[*jobs, seam_pilot_job],
         sensors=[build_wave_scheduler(jobs)],
         resources={
             "project": ProjectResource.for_config(config),
-            "generator": generator or generator_resource(config),
+            "generator": generator or generator_resource(config.backend),
         },
         executor=dg.in_process_executor,
     )

@@ -1,11 +1,14 @@
-"""``isonyc pilot``: the seam pilot on the project's renders, with any backend (``local`` = offline pixel art)."""
+"""The seam pilot on real renders: ``isonyc pilot`` and the ``seam_pilot_job`` Dagster job share this."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
+from .backends.base import ImageBackend
 from .config import ProjectConfig
 from .geodata.load import load_city
 from .geometry import MapGeometry
@@ -14,30 +17,25 @@ from .project import ground_window
 from .render import Renderer, RenderResult
 
 
-def pilot_backend(name: str):
-    """``local``/``pixelart`` → the offline backend; remote ones read their settings from the environment."""
-    from .backends.registry import make_backend
-    from .definitions import generator_resource
-
-    if name in ("local", "pixelart"):
-        return make_backend("pixelart")
-    res = generator_resource(ProjectConfig(backend=name))
-    settings = json.loads(res.settings_json)
-    for field in ("api_key", "auth_secret"):
-        value = getattr(res, field)
-        env = getattr(value, "env_var_name", None)
-        if env and os.environ.get(env):
-            settings[field] = os.environ[env]
-    return make_backend(name, **settings)
-
-
-def run_pilot_cli(args: argparse.Namespace, config: ProjectConfig) -> int:
+def run_project_pilot(
+    config: ProjectConfig,
+    backend: ImageBackend,
+    *,
+    x0: int,
+    y0: int,
+    w: int,
+    h: int,
+    k: int,
+    overlap_px: int,
+    out_dir: str | Path,
+    geodata: Sequence[str] | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Render the patch (and its left/top padding) from the project's geodata and run the pilot on it."""
     geometry = MapGeometry(config.map)
-    sources = args.geodata if args.geodata is not None else config.geodata
-    # The left/top padding row and column are rendered too.
-    bbox = (args.x0 - 1, args.y0 - 1, args.x0 + args.w - 1, args.y0 + args.h - 1)
+    sources = list(geodata) if geodata is not None else config.geodata
+    bbox = (x0 - 1, y0 - 1, x0 + w - 1, y0 + h - 1)
     renderer = Renderer(load_city(geometry, sources, window=ground_window(geometry, bbox)), geometry)
-    backend = pilot_backend(args.backend)
     renders: dict[tuple[int, int], RenderResult] = {}
 
     def render(x: int, y: int) -> RenderResult:
@@ -45,22 +43,41 @@ def run_pilot_cli(args: argparse.Namespace, config: ProjectConfig) -> int:
             renders[(x, y)] = renderer.render_quadrant(x, y)
         return renders[(x, y)]
 
+    return run_pilot(
+        x0,
+        y0,
+        w,
+        h,
+        k,
+        overlap_px,
+        out_dir,
+        backend,
+        lambda x, y: render(x, y).rgb,
+        render_aux=lambda x, y: render(x, y).aux(),
+        prompt=config.prompt,
+        overwrite=overwrite,
+    )
+
+
+def run_pilot_cli(args: argparse.Namespace, config: ProjectConfig) -> int:
+    from .resources.generator import generator_resource
+
+    name = "pixelart" if args.backend == "local" else args.backend
+    backend = generator_resource(name, resolve_env=True).build(config.map)
     try:
-        report = run_pilot(
-            args.x0,
-            args.y0,
-            args.w,
-            args.h,
-            args.k,
-            args.overlap_px,
-            args.out,
+        report = run_project_pilot(
+            config,
             backend,
-            lambda x, y: render(x, y).rgb,
-            render_aux=lambda x, y: render(x, y).aux(),
-            prompt=config.prompt,
+            x0=args.x0,
+            y0=args.y0,
+            w=args.w,
+            h=args.h,
+            k=args.k,
+            overlap_px=args.overlap_px,
+            out_dir=args.out,
+            geodata=args.geodata,
         )
     finally:
         backend.close()
-    summary = {k: v for k, v in report.items() if k != "tiles"}
-    print(json.dumps(summary, indent=2, default=str))
+    print(json.dumps({k: v for k, v in report.items() if k != "tiles"}, indent=2, default=str))
     return 0

@@ -8,6 +8,7 @@ and nowhere else (not in logs, metadata, provenance or errors).
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import dagster as dg
@@ -46,3 +47,37 @@ class GeneratorResource(dg.ConfigurableResource):
         if self.backend == "pixelart" and map_config is not None:
             settings.setdefault("map_config", map_config.model_dump(mode="json"))
         return make_backend(self.backend, **settings)
+
+
+#: Environment variables the remote backends' secrets and endpoints come from.
+BACKEND_ENV: dict[str, dict[str, str]] = {
+    "modal": {"url": "ISONYC_MODAL_URL", "api_key": "ISONYC_MODAL_KEY", "auth_secret": "ISONYC_MODAL_SECRET"},
+    "oxen": {"api_key": "ISONYC_OXEN_API_KEY"},
+    "gemini": {"api_key": "ISONYC_GEMINI_API_KEY"},
+    "vertex": {},  # Application Default Credentials
+}
+
+
+def generator_resource(backend: str, *, resolve_env: bool = False) -> GeneratorResource:
+    """The resource for ``backend`` with settings and secrets from the environment.
+
+    In ``Definitions`` secrets are bound as ``dg.EnvVar`` (resolved by Dagster at run time, never shown in the UI);
+    ``resolve_env=True`` reads them now, for the CLI, which runs outside Dagster.
+    """
+    env = BACKEND_ENV.get(backend, {})
+    settings = json.loads(os.environ.get("ISONYC_BACKEND_SETTINGS", "{}"))
+    if "url" in env and os.environ.get(env["url"]):
+        settings.setdefault("url", os.environ[env["url"]])
+
+    def secret(field: str) -> Any:
+        if field not in env:
+            return None
+        return os.environ.get(env[field]) if resolve_env else dg.EnvVar(env[field])
+
+    return GeneratorResource(
+        backend=backend,
+        settings_json=json.dumps(settings),
+        api_key=secret("api_key"),
+        auth_secret=secret("auth_secret"),
+        candidates=int(os.environ.get("ISONYC_CANDIDATES", "1")),
+    )

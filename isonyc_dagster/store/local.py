@@ -187,7 +187,7 @@ class SqliteIndex:
                 self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
             )
             c.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-            c.execute("PRAGMA journal_mode = WAL")
+            _enable_wal(c)
             c.execute("PRAGMA synchronous = NORMAL")
             c.execute("PRAGMA foreign_keys = ON")
         except sqlite3.DatabaseError as exc:
@@ -620,3 +620,24 @@ class LocalTileStore(TileStore):
 
     def close(self) -> None:
         self._index.close()
+
+
+def _enable_wal(c: sqlite3.Connection) -> None:
+    """Switch a new index to WAL. WAL is persistent, so later connections only read the mode.
+
+    Changing the journal mode needs an exclusive lock and SQLite returns "database is locked" at once, without its
+    busy handler, when several processes open a fresh index together; so retry for up to the busy timeout.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    delay = 0.005
+    while True:
+        try:
+            if c.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+                return
+            c.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)

@@ -16,7 +16,6 @@ request. All Socrata values are strings; they stay strings in the cache and are 
 
 from __future__ import annotations
 
-import email.utils
 import hashlib
 import json
 import logging
@@ -38,6 +37,7 @@ import tenacity
 from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 
+from ..backends._http import parse_retry_after
 from ..geometry import MapGeometry
 from ._common import (
     ATTRIBUTION_DOITT,
@@ -95,21 +95,6 @@ class SocrataQuery:
             sort_keys=True,
         )
         return f"{self.dataset}-{hashlib.sha256(key.encode()).hexdigest()[:24]}.parquet"
-
-
-def _parse_retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 class _Wait:
@@ -192,7 +177,7 @@ class SocrataClient:
         except httpx.TransportError as e:
             raise _Retryable(f"connection error: {type(e).__name__}: {e}") from e
         if r.status_code in RETRY_STATUS:
-            raise _Retryable(f"HTTP {r.status_code}", _parse_retry_after(r.headers.get("Retry-After")))
+            raise _Retryable(f"HTTP {r.status_code}", parse_retry_after(r.headers.get("Retry-After")))
         if r.status_code in (401, 403):
             raise SocrataError(
                 f"Socrata refused the request (HTTP {r.status_code}) at {self.base_url}{path}; check the app token "

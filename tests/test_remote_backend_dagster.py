@@ -1,0 +1,49 @@
+"""A remote backend through the Dagster layer: the step runs against a Modal-protocol server on 127.0.0.1 with
+credentials from the environment (dg.EnvVar), and the secrets appear nowhere — not in the event log, metadata,
+stored provenance or any file the pipeline wrote."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from isonyc_dagster.config import ProjectConfig
+from isonyc_dagster.definitions import build_definitions
+from isonyc_dagster.project import Project
+from tests.dagster_helpers import project_config
+from tests.fake_apis import FakeModal
+
+KEY_ID = "wk-DAGSTER-TOKEN-ID-777"
+KEY_SECRET = "ws-DAGSTER-TOKEN-SECRET-999"
+
+
+def test_modal_backend_step_with_env_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with FakeModal(token_id=KEY_ID, token_secret=KEY_SECRET) as api:
+        monkeypatch.setenv("ISONYC_MODAL_URL", f"{api.url}/edit_b64")
+        monkeypatch.setenv("ISONYC_MODAL_KEY", KEY_ID)
+        monkeypatch.setenv("ISONYC_MODAL_SECRET", KEY_SECRET)
+        base = project_config(tmp_path, 0, 0, 2, 2)
+        cfg: ProjectConfig = base.model_copy(update={"backend": "modal"})
+        defs = build_definitions(cfg)
+        (tmp_path / "dh").mkdir()
+        with dg.instance_for_test(temp_dir=str(tmp_path / "dh")) as instance:
+            r = defs.resolve_job_def("render_job").execute_in_process(
+                instance=instance,
+                tags={"dagster/asset_partition_range_start": "0|0", "dagster/asset_partition_range_end": "1|1"},
+            )
+            assert r.success
+            step = defs.resolve_job_def("blocks_job").execute_in_process(instance=instance, partition_key="0|0")
+            assert step.success
+            assert len(api.api_requests("edit_b64")) == 1
+            prov = Project(cfg).store.active("generation", 0, 0).provenance
+            assert prov["backend"] == "modal" and prov["model_id"]
+            logs = [str(e) for e in instance.all_logs(step.run_id)]
+
+        texts = logs + [str(prov)]
+        for path in tmp_path.rglob("*"):
+            if path.is_file() and path.stat().st_size < 50_000_000:
+                texts.append(path.read_bytes().decode("latin-1"))
+        for t in texts:
+            assert KEY_ID not in t and KEY_SECRET not in t

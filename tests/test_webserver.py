@@ -1,0 +1,76 @@
+"""``dagster-webserver -w workspace.yaml`` (what ``dagster dev`` serves) loads the code location: assets, jobs,
+the wave scheduler and the 2-D quadrant partitions are visible through the UI's own GraphQL API."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+
+QUERY = """
+{
+  assetNodes { assetKey { path } groupName partitionDefinition { type dimensionTypes { name } }
+               dependencyKeys { path } }
+  repositoriesOrError { ... on RepositoryConnection { nodes { name jobs { name } sensors { name } } } }
+}
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url: str, query: str) -> dict:
+    req = urllib.request.Request(url, data=json.dumps({"query": query}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def test_webserver_shows_the_pipeline(tmp_path: Path) -> None:
+    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "DAGSTER_DISABLE_TELEMETRY": "1"}
+    env.pop("ISONYC_CONFIG", None)
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dagster_webserver", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        data = None
+        while time.monotonic() < deadline:
+            try:
+                data = _post(f"{base}/graphql", QUERY)["data"]
+                if data["assetNodes"]:
+                    break
+            except (OSError, KeyError, TypeError):
+                pass
+            time.sleep(1)
+        assert data and data["assetNodes"], "webserver did not come up with the code location"
+        nodes = {"/".join(n["assetKey"]["path"]): n for n in data["assetNodes"]}
+        assert set(nodes) >= {"geodata", "render", "blocks", "bridges_v", "bridges_h", "corners", "generation",
+                              "water_mask", "dzi_pyramid", "pmtiles_archive"}
+        dims = [d["name"] for d in nodes["render"]["partitionDefinition"]["dimensionTypes"]]
+        assert dims == ["x", "y"]
+        deps = {"/".join(d["path"]) for d in nodes["corners"]["dependencyKeys"]}
+        assert deps == {"render", "blocks", "bridges_v", "bridges_h"}
+        repo = data["repositoriesOrError"]["nodes"][0]
+        assert "wave_scheduler" in {s["name"] for s in repo["sensors"]}
+        assert {"blocks_job", "seam_pilot_job", "export_job"} <= {j["name"] for j in repo["jobs"]}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -55,12 +55,11 @@ def run_demo(out_dir: Path | None = None, config_path: str | None = None, port: 
         print(f"isonyc demo: stopped before the map was complete: {report.summary}", file=sys.stderr)
         return 1
     out = Path(config.output_dir).resolve()
-    echo(
-        f"\nDone in {dt:.0f}s: {report.runs} Dagster runs ({report.failed} failed and retried). {report.summary}."
-    )
-    echo(f"  Map:        {out}  →  isonyc serve {out} --port {port}   then open http://127.0.0.1:{port}/")
-    env = f"DAGSTER_HOME={home}" + (f" {CONFIG_ENV}={config_path}" if config_path else "")
-    echo(
-        f"  Dagster UI: {env} dagster dev   then open {config.dagster_url} (runs, lineage, previews, checks)"
-    )
+    retried = f", {report.failed} failed and were retried" if report.failed else ""
+    echo(f"\nDone in {dt:.0f}s: {report.runs} Dagster runs{retried}. {report.summary}.")
+    bin_dir = Path(sys.executable).parent
+    echo(f"  Map:        {bin_dir / 'isonyc'} serve {out} --port {port}   then open http://127.0.0.1:{port}/")
+    env = f"DAGSTER_HOME={home}" + (f" {CONFIG_ENV}={Path(config_path).resolve()}" if config_path else "")
+    echo(f"  Dagster UI: cd {Path.cwd()} && {env} {bin_dir / 'dagster'} dev -m isonyc_dagster.definitions")
+    echo(f"              then open {config.dagster_url} (runs, lineage, previews and checks of this demo)")
     return 0

@@ -111,3 +111,19 @@ def test_bad_windows(geometry):
         synthetic_city(geometry, shapely.Polygon())
     with pytest.raises(GeodataError, match="too large for the synthetic city"):
         synthetic_city(geometry, shapely.box(-10_000, -10_000, 10_000, 10_000))
+
+
+def test_no_sliver_buildings_on_the_shoreline(geometry):
+    """At the Battery (shoreline, piers), buildings whose lot is mostly in the water are dropped, not cut to slivers."""
+    from isonyc_dagster.bounds import preset_polygon, quadrants_for_bounds
+    from isonyc_dagster.project import ground_window
+
+    window = ground_window(geometry, quadrants_for_bounds(geometry, preset_polygon("demo")).bbox)
+    city = synthetic_city(geometry, window)
+    assert len(city.buildings) > 300
+
+    def short_side(g) -> float:
+        xy = np.asarray(shapely.minimum_rotated_rectangle(g).exterior.coords)
+        return float(np.hypot(*np.diff(xy, axis=0).T)[:4].min())
+
+    assert min(short_side(b.footprint) for b in city.buildings) >= 5.0

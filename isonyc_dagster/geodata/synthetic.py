@@ -45,6 +45,8 @@ ATTRIBUTION = "synthetic city on NYC DCP borough boundaries"
 
 _PARAPET_M = 1.5
 _MIN_CLIPPED_AREA_M2 = 25.0
+#: Share of a building lot that must be on land for the building to exist (no sliver towers on the shore).
+_MIN_BUILDING_LAND_FRACTION = 0.85
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,7 +249,7 @@ class SyntheticCity:
         buildings = []
         if b_ids:
             polys = self._rects_to_polygons(np.asarray(b_rects))
-            for k, poly in self._on_land(polys, window, land):
+            for k, poly in self._on_land(polys, window, land, min_land_fraction=_MIN_BUILDING_LAND_FRACTION):
                 buildings.append(
                     Building(
                         id=b_ids[k], footprint=poly, height_m=b_h[k], base_m=b_base[k], source="synthetic"
@@ -283,9 +285,13 @@ class SyntheticCity:
 
     @staticmethod
     def _on_land(
-        polys: np.ndarray, window: BaseGeometry, land: BaseGeometry | None
+        polys: np.ndarray, window: BaseGeometry, land: BaseGeometry | None, min_land_fraction: float = 0.0
     ) -> list[tuple[int, Polygon | BaseGeometry]]:
-        """(index, polygon) of polygons intersecting the window, cut to land (None = all land)."""
+        """(index, polygon) of polygons intersecting the window, cut to land (None = all land).
+
+        A polygon with less than ``min_land_fraction`` of its area on land is dropped: a building lot cut by the
+        shoreline or sitting on a narrow pier would otherwise become a thin sliver tower standing in the water.
+        """
         idx = np.flatnonzero(shapely.intersects(window, polys))
         if land is None:
             return [(int(k), polys[k]) for k in idx]
@@ -296,7 +302,11 @@ class SyntheticCity:
                 out.append((int(k), polys[k]))
                 continue
             cut = polygonal(polys[k].intersection(land))
-            if cut is not None and cut.area >= _MIN_CLIPPED_AREA_M2:
+            if (
+                cut is not None
+                and cut.area >= _MIN_CLIPPED_AREA_M2
+                and cut.area >= min_land_fraction * polys[k].area
+            ):
                 out.append((int(k), cut))
         return out
 

@@ -47,3 +47,31 @@ def test_modal_backend_step_with_env_secrets(tmp_path: Path, monkeypatch: pytest
                 texts.append(path.read_bytes().decode("latin-1"))
         for t in texts:
             assert KEY_ID not in t and KEY_SECRET not in t
+
+
+def test_failed_range_run_retries_without_paying_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two blocks in one run; the model fails on the second. Dagster's retry of the step reuses the block that was
+    already committed (no second model call, still version 1) and generates only the missing one."""
+    with FakeModal() as api:
+        api.faults.extend(["", "500", "500"])  # call 1 ok; the second block fails both of its 2 attempts
+        monkeypatch.setenv("ISONYC_MODAL_URL", f"{api.url}/edit_b64")
+        monkeypatch.setenv("ISONYC_BACKEND_SETTINGS", '{"max_attempts": 2, "backoff_base_s": 0.01}')
+        cfg = project_config(tmp_path, 0, 0, 5, 2).model_copy(update={"backend": "modal"})
+        defs = build_definitions(cfg)
+        store = Project(cfg).store
+        (tmp_path / "dh").mkdir()
+        with dg.instance_for_test(temp_dir=str(tmp_path / "dh")) as instance:
+            tags = {"dagster/asset_partition_range_start": "0|0", "dagster/asset_partition_range_end": "5|2"}
+            assert defs.resolve_job_def("render_job").execute_in_process(instance=instance, tags=tags).success
+            run = defs.resolve_job_def("blocks_job").execute_in_process(
+                instance=instance,
+                tags={"dagster/asset_partition_range_start": "0|0", "dagster/asset_partition_range_end": "1|0"},
+            )
+            assert run.success
+            retries = [e for e in run.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+            assert len(retries) == 1
+            assert len(api.api_requests("edit_b64")) == 4  # 1 ok + 2 failed + 1 ok on the retry
+            first = store.versions("generation", 0, 0)
+            second = store.versions("generation", 3, 0)
+            assert [v.version for v in first] == [1] and [v.version for v in second] == [1]
+            assert {k for k in instance.get_materialized_partitions(dg.AssetKey("blocks"))} == {"0|0", "1|0"}

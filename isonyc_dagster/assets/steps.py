@@ -104,6 +104,10 @@ def run_step(
     """Generate one step (K candidates scored on their seams when configured), validate, commit atomically."""
     store = project.store
     template_sha = store.put_blob(template.png)
+    gen_key = generator.identity(project.config.prompt)
+    reused = _committed(store, step, template_sha, gen_key)
+    if reused is not None:
+        return reused | {"template": template, "template_sha": template_sha}
     request = GenerationRequest(
         template_png=template.png,
         prompt=project.config.prompt,
@@ -143,6 +147,7 @@ def run_step(
         **best.result.provenance,
         "seam_score": best.score,
         "candidates": summaries if len(summaries) > 1 else None,
+        "generator_key": gen_key,
     }
     writes = [
         TileWrite(GENERATION_LAYER, x, y, encode_png(rgb), provenance)
@@ -155,6 +160,27 @@ def run_step(
         "output_png": best.result.image_png,
         "provenance": provenance,
         "versions": versions,
+    }
+
+
+def _committed(store: Any, step: Step, template_sha: str, gen_key: str) -> dict[str, Any] | None:
+    """The step's output if it was already committed from this very template by this very generator.
+
+    A range run that fails halfway (a crash, a model outage) has committed its first steps to the store but
+    materialized nothing in Dagster; when the run is retried, those steps are reused instead of paying for the
+    model again. Any change of template (context, render) or generator settings generates anew.
+    """
+    versions = store.active_map(GENERATION_LAYER, step.quadrants)
+    if len(versions) != len(step.quadrants):
+        return None
+    provs = [v.provenance for v in versions.values()]
+    if any(p.get("template_sha256") != template_sha or p.get("generator_key") != gen_key for p in provs):
+        return None
+    prov = provs[0]
+    return {
+        "output_png": store.get_blob(prov["output_sha256"]),
+        "provenance": prov | {"reused": True},
+        "versions": list(versions.values()),
     }
 
 
@@ -238,7 +264,8 @@ def build_step_asset(
                 if len(keys) > 1:
                     observe(context, key, last_meta)
                 context.log.info(
-                    "generated %s (%d quadrants, context %d) with %s",
+                    "%s %s (%d quadrants, context %d) with %s",
+                    "reused already committed" if prov.get("reused") else "generated",
                     step.key,
                     len(step.quadrants),
                     len(prov["context"]),

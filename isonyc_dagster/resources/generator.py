@@ -7,6 +7,7 @@ and nowhere else (not in logs, metadata, provenance or errors).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Any
@@ -39,6 +40,14 @@ class GeneratorResource(dg.ConfigurableResource):
             out["auth_secret"] = self.auth_secret
         return out
 
+    def identity(self, prompt: str) -> str:
+        """What decides a step's output besides its template: backend, settings, K, seeds, prompt (no secrets)."""
+        key = json.dumps(
+            [self.backend, json.loads(self.settings_json or "{}"), self.candidates, self.seed_offset, prompt],
+            sort_keys=True,
+        )
+        return hashlib.sha256(key.encode()).hexdigest()[:16]
+
     def build(self, map_config: MapConfig | None = None) -> ImageBackend:
         """The backend; the offline pixel-art backend also gets the map's camera (its textures follow it)."""
         from ..backends.registry import make_backend
@@ -46,7 +55,13 @@ class GeneratorResource(dg.ConfigurableResource):
         settings = self.settings()
         if self.backend == "pixelart" and map_config is not None:
             settings.setdefault("map_config", map_config.model_dump(mode="json"))
-        return make_backend(self.backend, **settings)
+        try:
+            return make_backend(self.backend, **settings)
+        except ValueError as e:
+            env = BACKEND_ENV.get(self.backend, {})
+            where = ", ".join(f"{field} from ${var}" for field, var in env.items())
+            hint = f"set {where}; " if where else ""
+            raise ValueError(f"{e} ({hint}other settings as JSON in $ISONYC_BACKEND_SETTINGS)") from None
 
 
 #: Environment variables the remote backends' secrets and endpoints come from.
@@ -70,9 +85,11 @@ def generator_resource(backend: str, *, resolve_env: bool = False) -> GeneratorR
         settings.setdefault("url", os.environ[env["url"]])
 
     def secret(field: str) -> Any:
-        if field not in env:
+        # Only variables that are set are bound: Modal's proxy auth is optional, and a backend that needs a
+        # missing key says so (naming the variable) when it is built.
+        if field not in env or not os.environ.get(env[field]):
             return None
-        return os.environ.get(env[field]) if resolve_env else dg.EnvVar(env[field])
+        return os.environ[env[field]] if resolve_env else dg.EnvVar(env[field])
 
     return GeneratorResource(
         backend=backend,

@@ -6,6 +6,7 @@ of ready partitions per asset. Failed runs are retried with exponential cooldown
 When everything is generated it refreshes the map (pyramid + PMTiles) once the generations are newer than it.
 """
 
+import os
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -35,6 +36,7 @@ EXPORT_ASSETS = ("dzi_pyramid", "pmtiles_archive")
 MAX_PER_RUN = {"render": 128, "water_mask": 128, "generation": 128, "steps": 32}
 MAX_ATTEMPTS = 5
 COOLDOWN_S = 30.0
+
 
 def job_name(asset: str) -> str:
     """The asset job the scheduler uses for an asset (or "export" for the map outputs)."""
@@ -90,9 +92,14 @@ def materialized(instance: dg.DagsterInstance) -> Progress:
     return done
 
 
-def in_flight(instance: dg.DagsterInstance) -> Progress:
+def _scheduler_runs(instance: dg.DagsterInstance, statuses: list[dg.DagsterRunStatus]) -> list:
+    return list(instance.get_run_records(dg.RunsFilter(statuses=statuses, tags={SCHEDULER_TAG: "wave"})))
+
+
+def in_flight(runs: list) -> Progress:
+    """Keys of the scheduler's queued and running runs (never requested twice)."""
     busy = Progress()
-    for rec in instance.get_run_records(dg.RunsFilter(statuses=IN_FLIGHT, tags={SCHEDULER_TAG: "wave"})):
+    for rec in runs:
         tags = rec.dagster_run.tags
         _add(busy, tags.get(ASSET_TAG, ""), _run_keys(tags))
     return busy
@@ -142,29 +149,36 @@ def _requests(asset: str, keys: set[tuple[int, int]], max_area: int, wave: str) 
             yield dg.RunRequest(job_name=job_name(asset), tags=tags)
 
 
+def max_runs_in_flight() -> int:
+    """How many scheduler runs may be queued or running at once (``$ISONYC_MAX_RUNS_IN_FLIGHT``, default 4)."""
+    return max(1, int(os.environ.get("ISONYC_MAX_RUNS_IN_FLIGHT", "4")))
+
+
+def _request(asset: str) -> dg.RunRequest:
+    return dg.RunRequest(
+        job_name=job_name(asset), tags={SCHEDULER_TAG: "wave", ASSET_TAG: asset, "isonyc/wave": asset}
+    )
+
+
 def wave_run_requests(project: Project, instance: dg.DagsterInstance) -> tuple[list[dg.RunRequest], str]:
-    """The runs to start now, and a one-line summary of the state."""
-    busy = in_flight(instance)
+    """The runs to start now (at most ``max_runs_in_flight`` in flight), and a one-line summary of the state."""
+    running = _scheduler_runs(instance, IN_FLIGHT)
+    running_assets = {r.dagster_run.tags.get(ASSET_TAG) for r in running}
+    slots = max_runs_in_flight() - len(running)
     if instance.get_latest_materialization_event(dg.AssetKey("geodata")) is None:
-        if any(
-            r.dagster_run.tags.get(ASSET_TAG) == "geodata"
-            for r in instance.get_run_records(dg.RunsFilter(statuses=IN_FLIGHT, tags={SCHEDULER_TAG: "wave"}))
-        ):
+        if "geodata" in running_assets:
             return [], "waiting for geodata"
-        return [
-            dg.RunRequest(
-                job_name=job_name("geodata"),
-                tags={SCHEDULER_TAG: "wave", ASSET_TAG: "geodata", "isonyc/wave": "geodata"},
-            )
-        ], "geodata not prepared yet"
+        return [_request("geodata")], "geodata not prepared yet"
+    busy = in_flight(running)
     done = materialized(instance)
     blocked, given_up = cooling_down(instance)
     req = ready(project.plan, project.quadrants.keys, done, _merge(busy, blocked))
     out: list[dg.RunRequest] = []
-    out += _requests("render", req.render, MAX_PER_RUN["render"], "render")
-    for kind, name in STEP_ASSETS.items():
-        out += _requests(name, req.steps[kind], MAX_PER_RUN["steps"], str(kind.wave))
+    # Deepest waves first, so areas finish (and their context is used) before new areas start.
+    for kind in (StepKind.CORNER, StepKind.BRIDGE_V, StepKind.BRIDGE_H, StepKind.BLOCK):
+        out += _requests(STEP_ASSETS[kind], req.steps[kind], MAX_PER_RUN["steps"], str(kind.wave))
     out += _requests("generation", req.generation, MAX_PER_RUN["generation"], "publish")
+    out += _requests("render", req.render, MAX_PER_RUN["render"], "render")
     out += _requests("water_mask", req.water_mask, MAX_PER_RUN["water_mask"], "water")
     n_steps = len(project.plan.steps)
     n_done = sum(len(v) for v in done.steps.values())
@@ -176,30 +190,32 @@ def wave_run_requests(project: Project, instance: dg.DagsterInstance) -> tuple[l
         summary += f"; gave up after {MAX_ATTEMPTS} failures: {', '.join(given_up[:10])}"
     if (
         not out
+        and not running
         and complete(project.plan, project.quadrants.keys, done)
-        and not any(busy.steps.values())
         and _export_stale(instance)
     ):
-        out.append(
-            dg.RunRequest(
-                job_name=job_name("export"),
-                tags={SCHEDULER_TAG: "wave", ASSET_TAG: "export", "isonyc/wave": "export"},
-            )
-        )
+        out.append(_request("export"))
+    if len(out) > max(slots, 0):
+        summary += f"; {len(out) - max(slots, 0)} more run(s) wait for a free slot"
+        out = out[: max(slots, 0)]
     return out, summary
 
 
 def _export_stale(instance: dg.DagsterInstance) -> bool:
+    """The map is older than the newest generation (and its last refresh did not just fail)."""
     gen = instance.get_latest_materialization_event(dg.AssetKey("generation"))
-    dzi = instance.get_latest_materialization_event(dg.AssetKey("dzi_pyramid"))
     if gen is None:
         return False
-    if dzi is None:
-        return not any(
-            r.dagster_run.tags.get(ASSET_TAG) == "export"
-            for r in instance.get_run_records(dg.RunsFilter(statuses=IN_FLIGHT, tags={SCHEDULER_TAG: "wave"}))
-        )
-    return gen.timestamp > dzi.timestamp
+    dzi = instance.get_latest_materialization_event(dg.AssetKey("dzi_pyramid"))
+    if dzi is not None and gen.timestamp <= dzi.timestamp:
+        return False
+    failed = [
+        r
+        for r in _scheduler_runs(instance, [dg.DagsterRunStatus.FAILURE])
+        if r.dagster_run.tags.get(ASSET_TAG) == "export"
+    ]
+    latest = max(((r.end_time or 0.0) for r in failed), default=0.0)
+    return time.time() - latest > COOLDOWN_S
 
 
 def build_wave_scheduler(jobs: list) -> dg.SensorDefinition:
@@ -214,6 +230,8 @@ def build_wave_scheduler(jobs: list) -> dg.SensorDefinition:
     def wave_scheduler(context: dg.SensorEvaluationContext, project: ProjectResource) -> dg.SensorResult:
         requests, summary = wave_run_requests(project.get(), context.instance)
         context.log.info("%s; requesting %d run(s)", summary, len(requests))
-        return dg.SensorResult(run_requests=requests, skip_reason=None if requests else dg.SkipReason(summary))
+        return dg.SensorResult(
+            run_requests=requests, skip_reason=None if requests else dg.SkipReason(summary)
+        )
 
     return wave_scheduler

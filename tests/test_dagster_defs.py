@@ -107,3 +107,24 @@ def test_step_without_context_fails_fast_and_generates_nothing(tmp_path: Path, i
     step = project.plan.step(StepKind.BRIDGE_V, (0, 0))
     assert all(project.store.active("generation", x, y) is None for x, y in step.quadrants)
     assert project.store.list_active("generation") == []
+
+
+def test_scheduler_caps_runs_in_flight(tmp_path: Path, instance, monkeypatch: pytest.MonkeyPatch) -> None:
+    from isonyc_dagster.sensors import wave_run_requests
+
+    cfg = project_config(tmp_path, 0, 0, 20, 11)  # 252 quadrants: 2 render runs, 2 water-mask runs later
+    defs = build_definitions(cfg)
+    project = Project(cfg)
+    first, summary = wave_run_requests(project, instance)
+    assert [r.job_name for r in first] == ["geodata_job"] and "geodata" in summary
+    assert defs.resolve_job_def("geodata_job").execute_in_process(instance=instance).success
+    monkeypatch.setenv("ISONYC_MAX_RUNS_IN_FLIGHT", "1")
+    requests, summary = wave_run_requests(project, instance)
+    assert [r.job_name for r in requests] == ["render_job"]
+    assert "1 more run(s) wait for a free slot" in summary
+    monkeypatch.setenv("ISONYC_MAX_RUNS_IN_FLIGHT", "4")
+    requests, _ = wave_run_requests(project, instance)
+    assert [r.job_name for r in requests] == ["render_job", "render_job"]
+    keys = sorted((r.tags["dagster/asset_partition_range_start"], r.tags["dagster/asset_partition_range_end"])
+                  for r in requests)
+    assert keys == [("0|0", "20|5"), ("0|6", "20|11")]

@@ -2,7 +2,8 @@
 
 Usage: ``python benchmarks/seam_report.py [--config project.toml]`` (default: the embedded demo in ./data).
 Prints the count, mean, median, 95th percentile and maximum seam score, and how many edges exceed the QA threshold,
-next to the same statistics for edges *inside* steps (one model output: the baseline a seam can at best reach).
+next to the same statistics for edges *inside* steps (one model output: the baseline a seam can at best reach) and
+for edges between steps judged only where the render continues across them (what the ``seams`` check reports).
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import io
 import numpy as np
 from PIL import Image
 
+from isonyc_dagster.assets.steps import StepInputs
 from isonyc_dagster.config import load_project_config
 from isonyc_dagster.project import Project
-from isonyc_dagster.seams import DEFAULT_THRESHOLD, seam_score
+from isonyc_dagster.seams import DEFAULT_THRESHOLD, continuity_mask, seam_score
 
 
 def main() -> None:
@@ -32,7 +34,8 @@ def main() -> None:
             cache[q] = None if png is None else np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
         return cache[q]
 
-    between, within = [], []
+    inputs = StepInputs(project)
+    between, within, masked = [], [], []
     for q in project.quadrants.keys:
         for dx, dy, edge in ((1, 0, "lr"), (0, 1, "tb")):
             nb = (q[0] + dx, q[1] + dy)
@@ -40,7 +43,11 @@ def main() -> None:
                 continue
             same = plan.step_for_quadrant(*q).key == plan.step_for_quadrant(*nb).key
             (within if same else between).append(seam_score(rgb(q), rgb(nb), edge))
-    for name, scores in (("between steps", between), ("within a step", within)):
+            if not same:
+                a, b = inputs.render_aux(*q), inputs.render_aux(*nb)
+                mask = continuity_mask(a["surface"], a["building"], b["surface"], b["building"], edge)
+                masked.append(seam_score(rgb(q), rgb(nb), edge, mask=mask))
+    for name, scores in (("between steps", between), ("within a step", within), ("between, masked", masked)):
         if not scores:
             print(f"{name}: no edges")
             continue

@@ -77,8 +77,14 @@ def _bands(a: np.ndarray, b: np.ndarray, edge: Edge, overlap_px: int) -> tuple[n
     raise ValueError(f"edge must be 'lr' (a left of b) or 'tb' (a above b), got {edge!r}")
 
 
-def seam_components(a: np.ndarray, b: np.ndarray, edge: Edge, overlap_px: int = 8) -> dict[str, float]:
-    """The parts of :func:`seam_score`: ``score``, ``step``, ``tone`` and the raw ``across``/``within`` means."""
+def seam_components(
+    a: np.ndarray, b: np.ndarray, edge: Edge, overlap_px: int = 8, mask: np.ndarray | None = None
+) -> dict[str, float]:
+    """The parts of :func:`seam_score`: ``score``, ``step``, ``tone`` and the raw ``across``/``within`` means.
+
+    ``mask`` (bool, one value per pixel along the edge) limits the averages to those positions, e.g. to where
+    the render continues across the edge (:func:`continuity_mask`); no position left means nothing to judge: 0.
+    """
     if overlap_px < 2:
         raise ValueError(f"overlap_px must be >= 2 (a band needs two lines), got {overlap_px}")
     A, B = _bands(a, b, edge, overlap_px)
@@ -87,34 +93,78 @@ def seam_components(a: np.ndarray, b: np.ndarray, edge: Edge, overlap_px: int = 
     jump = B[:, 0] - A[:, -1]  # (L, 3) signed colour jump across the boundary
     grads = np.concatenate([np.diff(A, axis=1), np.diff(B, axis=1)], axis=1)  # (L, 2·(D-1), 3)
 
+    if mask is None:
+        mask = np.ones(A.shape[0], bool)
+    mask = np.asarray(mask, bool)
+    if mask.shape != (A.shape[0],):
+        raise ValueError(
+            f"mask must have one value per pixel along the edge ({A.shape[0]}), got {mask.shape}"
+        )
+    if not mask.any():
+        return {"score": 0.0, "step": 0.0, "tone": 0.0, "across": 0.0, "within": 0.0}
     across_l = np.abs(jump).mean(-1)  # (L,)
     within_l = np.abs(grads).mean(-1)  # (L, n)
-    step = float(np.maximum(0.0, across_l - within_l.max(axis=1)).mean())
+    step = float(np.maximum(0.0, across_l - within_l.max(axis=1))[mask].mean())
 
     # Tone: compare with the gradients right next to the boundary only. A strong line a few pixels
     # inside a band (a road edge, a wall) must not mask a brightness shift at the boundary itself.
     k = min(_TONE_NEAR, A.shape[1] - 1, B.shape[1] - 1)
     near = np.concatenate([np.diff(A, axis=1)[:, -k:], np.diff(B, axis=1)[:, :k]], axis=1)  # (L, 2k, 3)
     window = min(_TONE_WINDOW, A.shape[0])
-    jump_s = uniform_filter1d(jump, window, axis=0, mode="nearest")  # (L, 3)
-    near_s = uniform_filter1d(near, window, axis=0, mode="nearest")  # (L, 2k, 3)
-    tone = float(np.maximum(0.0, np.abs(jump_s) - np.abs(near_s).max(axis=1)).mean())
+    # Averages along the edge over the judged positions only, so scenery edges outside the mask do not bleed in.
+    w = mask.astype(np.float32)
+    norm = np.maximum(uniform_filter1d(w, window, mode="nearest"), 1e-6)
+    jump_s = uniform_filter1d(jump * w[:, None], window, axis=0, mode="nearest") / norm[:, None]  # (L, 3)
+    near_s = uniform_filter1d(near * w[:, None, None], window, axis=0, mode="nearest") / norm[:, None, None]
+    tone = float(np.maximum(0.0, np.abs(jump_s) - np.abs(near_s).max(axis=1)).mean(-1)[mask].mean())
     return {
         "score": step + tone,
         "step": step,
         "tone": tone,
-        "across": float(across_l.mean()),
-        "within": float(within_l.mean()),
+        "across": float(across_l[mask].mean()),
+        "within": float(within_l[mask].mean()),
     }
 
 
-def seam_score(a: np.ndarray, b: np.ndarray, edge: Edge, overlap_px: int = 8) -> float:
+def seam_score(
+    a: np.ndarray, b: np.ndarray, edge: Edge, overlap_px: int = 8, mask: np.ndarray | None = None
+) -> float:
     """Visibility of the seam between adjacent images ``a`` and ``b`` (0 = perfect; see module doc).
 
     ``edge="lr"``: ``a`` is left of ``b``; ``edge="tb"``: ``a`` is above ``b``. Images are (H, W, 3)
     or (H, W, 4) (alpha ignored) or greyscale (H, W) arrays; the shared side must have equal length.
+    ``mask`` limits the score to some positions along the edge (see :func:`seam_components`).
     """
-    return seam_components(a, b, edge, overlap_px)["score"]
+    return seam_components(a, b, edge, overlap_px, mask)["score"]
+
+
+def continuity_mask(
+    surface_a: np.ndarray,
+    building_a: np.ndarray,
+    surface_b: np.ndarray,
+    building_b: np.ndarray,
+    edge: Edge,
+    depth: int = 8,
+) -> np.ndarray:
+    """Positions along the edge where the *render* continues across it: the same surface class and building on
+    the ``depth`` pixels either side (the default matches the scoring band, ``overlap_px``). Only there is a colour jump a seam; elsewhere the scene itself has an edge
+    (a wall corner, a roof line, a shoreline) lying on the quadrant line, which a scorer would otherwise flag.
+    """
+    if edge == "lr":
+        sa, ba, sb, bb = (
+            surface_a[:, -depth:],
+            building_a[:, -depth:],
+            surface_b[:, :depth],
+            building_b[:, :depth],
+        )
+    elif edge == "tb":
+        sa, ba = surface_a[-depth:].T, building_a[-depth:].T
+        sb, bb = surface_b[:depth].T, building_b[:depth].T
+    else:
+        raise ValueError(f"edge must be 'lr' or 'tb', got {edge!r}")
+    s = np.concatenate([sa, sb], axis=1)
+    b = np.concatenate([ba, bb], axis=1)
+    return (s == s[:, :1]).all(axis=1) & (b == b[:, :1]).all(axis=1)
 
 
 def score_step_seams(

@@ -11,7 +11,7 @@ from shapely.geometry import MultiPolygon, Polygon, box
 
 from isonyc_dagster.geodata.load import load_city
 from isonyc_dagster.geodata.model import Building, City, Park, Road
-from isonyc_dagster.render import Renderer, RenderResult
+from isonyc_dagster.render import Renderer, RenderResult, stable_building_id
 from isonyc_dagster.surfaces import PALETTE, Surface
 
 from .conftest import geodata_file
@@ -98,7 +98,7 @@ def test_citigroup_center_footprint_and_roof_land_on_the_camera(geometry, citico
     x0, y0, x1, y1 = (int(v) for v in sil.bounds)
     res = Renderer(City(buildings=[citi]), geometry).render_window(x0 - 8, y0 - 8, x1 - x0 + 16, y1 - y0 + 16)
 
-    mine = res.building == 1
+    mine = res.building == stable_building_id(citi.id)
     _assert_region(mine, sil, res, "silhouette")
     _assert_region(
         mine & (res.surface == Surface.ROOF), _px_poly(geometry, citi.footprint, citi.height_m), res, "roof"
@@ -144,7 +144,7 @@ def test_tower_reaches_up_into_a_quadrant_its_footprint_is_not_in(geometry, citi
     qpoly = geometry.quadrant_ground_polygon(roof["x"], roof["y"])
     assert not citi.footprint.intersects(qpoly)
     res = r.render_quadrant(roof["x"], roof["y"])
-    assert (res.building == citi_idx + 1).sum() > 1000
+    assert (res.building == stable_building_id(citicorp60[citi_idx].id)).sum() > 1000
     assert res.stats["buildings_drawn"] >= 1
 
 
@@ -155,11 +155,11 @@ def test_every_pixel_shows_the_highest_surface_on_its_ray(geometry, citicorp60):
     both = Renderer(City(buildings=citicorp60), geometry).render_tile(*tile)
     best_h = np.zeros(both.height.shape, np.float32)
     best_b = np.zeros(both.building.shape, np.int32)
-    for i, b in enumerate(citicorp60):
+    for b in citicorp60:
         one = Renderer(City(buildings=[b]), geometry).render_tile(*tile)
         win = one.height > best_h
         best_h[win] = one.height[win]
-        best_b[win] = i + 1
+        best_b[win] = stable_building_id(b.id)
     assert len(np.unique(both.building)) > 12  # many buildings take part
     assert np.array_equal(both.height, best_h)
     assert np.array_equal(both.building, best_b)
@@ -174,12 +174,12 @@ def test_tall_building_in_front_hides_short_one_behind(geometry):
         px, py = geometry.ground_to_pixel(15.0, 80.0, 20.0)  # the short roof's centre
         res = r.render_window(int(px) - 200, int(py) - 400, 400, 800)
         c, rr = int(px) - res.origin_px[0], int(py) - res.origin_px[1]
-        front_id = order.index(tall) + 1
+        front_id = stable_building_id(tall.id)
         assert res.building[rr, c] == front_id, "the short roof's centre is behind the 80 m tower"
         # the short roof still shows where the tower does not cover it (its far edge, up the screen)
         px2, py2 = geometry.ground_to_pixel(5.0, 98.0, 20.0)
         assert (
-            res.building[int(py2) - res.origin_px[1], int(px2) - res.origin_px[0]] == order.index(short) + 1
+            res.building[int(py2) - res.origin_px[1], int(px2) - res.origin_px[0]] == stable_building_id(short.id)
         )
 
 
@@ -210,22 +210,23 @@ def test_wall_orientation_classes_holes_and_floating_parts(geometry):
         buildings=[Building(id="court", footprint=MultiPolygon([court, tower]), height_m=10.0), floating]
     )
     res = _render_around(Renderer(city, geometry), geometry, -10, -10, 360, 120, 50)
+    court_id, part_id = stable_building_id("court"), stable_building_id("bridge")
 
-    assert _at(res, geometry, 50, 0, 5) == (Surface.WALL_LEFT, 1, pytest.approx(5, abs=0.3))  # south face
-    assert _at(res, geometry, 100, 50, 5)[:2] == (Surface.WALL_RIGHT, 1)  # east face
-    assert _at(res, geometry, 10, 50, 10) == (Surface.ROOF, 1, 10.0)
+    assert _at(res, geometry, 50, 0, 5) == (Surface.WALL_LEFT, court_id, pytest.approx(5, abs=0.3))  # south face
+    assert _at(res, geometry, 100, 50, 5)[:2] == (Surface.WALL_RIGHT, court_id)  # east face
+    assert _at(res, geometry, 10, 50, 10) == (Surface.ROOF, court_id, 10.0)
     # courtyard: its floor is visible, and so is the inner face of its north side (it faces south)
     assert _at(res, geometry, 50, 50, 0) == (Surface.GROUND, 0, 0.0)
-    assert _at(res, geometry, 50, 80, 5)[:2] == (Surface.WALL_LEFT, 1)
+    assert _at(res, geometry, 50, 80, 5)[:2] == (Surface.WALL_LEFT, court_id)
     # second part of the MultiPolygon
-    assert _at(res, geometry, 220, 20, 10)[:2] == (Surface.ROOF, 1)
-    assert _at(res, geometry, 240, 20, 5)[:2] == (Surface.WALL_RIGHT, 1)
+    assert _at(res, geometry, 220, 20, 10)[:2] == (Surface.ROOF, court_id)
+    assert _at(res, geometry, 240, 20, 5)[:2] == (Surface.WALL_RIGHT, court_id)
     # a building:part from 30 m to 40 m: its walls start at 30 m, the ground shows beneath
-    assert _at(res, geometry, 320, 0, 35)[:2] == (Surface.WALL_LEFT, 2)
+    assert _at(res, geometry, 320, 0, 35)[:2] == (Surface.WALL_LEFT, part_id)
     assert _at(res, geometry, 320, 5, 0) == (Surface.GROUND, 0, 0.0)
-    assert _at(res, geometry, 320, 20, 40)[:2] == (Surface.ROOF, 2)
+    assert _at(res, geometry, 320, 20, 40)[:2] == (Surface.ROOF, part_id)
     # back faces never show: where the tower's west face projects, the ray first meets its roof
-    assert _at(res, geometry, 200, 20, 5)[:2] == (Surface.ROOF, 1)
+    assert _at(res, geometry, 200, 20, 5)[:2] == (Surface.ROOF, court_id)
 
 
 # --- ground layers -----------------------------------------------------------------------------------
@@ -328,7 +329,9 @@ def test_invalid_and_degenerate_buildings_are_repaired_or_skipped_by_name(geomet
     assert "ok-1" not in text
     res = _render_around(r, geometry, -20, -20, 350, 60, 40)
     drawn = set(np.unique(res.building).tolist())
-    assert {1, 4} <= drawn and 2 not in drawn and 3 not in drawn
+    sid = {b.id: stable_building_id(b.id) for b in blds}
+    assert {sid["bowtie-17"], sid["ok-1"]} <= drawn
+    assert sid["sliver-3"] not in drawn and sid["nan-height-9"] not in drawn
 
 
 def test_valid_city_renders_without_warnings(geometry, citicorp60):
@@ -348,3 +351,14 @@ def test_valid_city_renders_without_warnings(geometry, citicorp60):
 def test_bad_windows_are_refused_clearly(geometry, args, exc, match):
     with pytest.raises(exc, match=match):
         Renderer(City(), geometry).render_window(*args)
+
+
+def test_building_ids_do_not_depend_on_the_city_they_were_loaded_with(geometry, citicorp60):
+    """The same building is drawn with the same id whichever other buildings (and order) the city holds."""
+    tile = _citicorp_tile(geometry)
+    full = Renderer(City(buildings=citicorp60), geometry).render_tile(*tile)
+    subset = [b for b in reversed(citicorp60) if b.height_m > 60]
+    part = Renderer(City(buildings=subset), geometry).render_tile(*tile)
+    keep = np.isin(full.building, [stable_building_id(b.id) for b in subset]) & (full.building == part.building)
+    assert keep.sum() > 100_000
+    assert set(np.unique(part.building).tolist()) - {0} <= {stable_building_id(b.id) for b in subset}

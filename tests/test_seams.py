@@ -142,3 +142,30 @@ def test_on_real_pixel_art_true_cuts_rank_below_foreign_content():
             wins += true < foreign
             total += 1
     assert wins / total >= 0.9
+
+
+def test_continuity_mask_ignores_scene_edges_on_the_quadrant_line() -> None:
+    """A wall corner lying exactly on the quadrant line is scenery: masked out. A real seam (a brightness shift where
+    the render continues across) still scores high."""
+    from isonyc_dagster.seams import continuity_mask
+
+    h = w = 64
+    rng = np.random.default_rng(0)
+    tex = rng.integers(90, 110, (h, 2 * w, 3)).astype(np.uint8)
+    surface = np.full((h, 2 * w), 5, np.uint8)  # roof
+    building = np.full((h, 2 * w), 7, np.int32)
+    # rows 0..31: a different building starts exactly at the boundary, and the art shows it (dark wall)
+    building[:32, w:] = 9
+    surface[:32, w:] = 7
+    img = tex.copy()
+    img[:32, w:] = img[:32, w:] // 3
+    a, b = img[:, :w], img[:, w:]
+    mask = continuity_mask(surface[:, :w], building[:, :w], surface[:, w:], building[:, w:], "lr")
+    assert mask[:32].sum() == 0 and mask[32:].all()
+    assert seam_score(a, b, "lr") > DEFAULT_THRESHOLD  # unmasked: the wall edge looks like a seam
+    assert seam_score(a, b, "lr", mask=mask) < 1.0  # masked: nothing wrong where the render continues
+    shifted = b.astype(int)
+    shifted[32:] += 25
+    shifted = np.clip(shifted, 0, 255).astype(np.uint8)
+    assert seam_score(a, shifted, "lr", mask=mask) > DEFAULT_THRESHOLD  # a real seam is still caught
+    assert seam_score(a, b, "lr", mask=np.zeros(h, bool)) == 0.0

@@ -12,7 +12,7 @@ import dagster as dg
 from ..qa import MAX_RED_PX, assess
 from ..resources import ProjectResource
 from ._common import THUMBNAILS_UP_TO, combined_version, decode_rgb, observe, partition_pairs, thumbnail_md
-from .steps import GENERATION_LAYER
+from .steps import GENERATION_LAYER, StepInputs
 
 CHECKS = [
     dg.AssetCheckSpec(
@@ -45,10 +45,11 @@ def build_generation_asset(
     )
     def generation(context: dg.AssetExecutionContext, project: ProjectResource) -> dg.MaterializeResult:
         """Publish each quadrant's generated pixels with provenance, and run the per-tile QA."""
-        from ..seams import seam_score
+        from ..seams import continuity_mask, seam_score
 
         p = project.get()
         store = p.store
+        inputs = StepInputs(p)
         pairs = partition_pairs(context)
         shas: dict[str, str] = {}
         failing: dict[str, dict[str, list[Any]]] = {"seams": {}, "no_red_border": {}, "not_blank": {}}
@@ -78,9 +79,15 @@ def build_generation_asset(
                 nb = (x + dx, y + dy)
                 if nb in step.quadrants or nb not in p.quadrants or rgb_of(*nb) is None:
                     continue
-                other = rgb_of(*nb)
-                a, b = (other, rgb) if name in ("left", "top") else (rgb, other)
-                qa.seams[name] = float(seam_score(a, b, "lr" if name in ("left", "right") else "tb"))
+                first, second = (nb, (x, y)) if name in ("left", "top") else ((x, y), nb)
+                edge = "lr" if name in ("left", "right") else "tb"
+                aux_a, aux_b = inputs.render_aux(*first), inputs.render_aux(*second)
+                # Judge only where the render continues across the edge: a real wall or roof line lying on
+                # the quadrant line is scenery, not a seam.
+                mask = continuity_mask(
+                    aux_a["surface"], aux_a["building"], aux_b["surface"], aux_b["building"], edge
+                )
+                qa.seams[name] = float(seam_score(rgb_of(*first), rgb_of(*second), edge, mask=mask))
             if qa.seams:
                 worst_seam = max(worst_seam, max(qa.seams.values()))
             if not qa.seams_ok(seam_threshold):

@@ -17,7 +17,7 @@ def build_render_asset(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefi
         deps=["geodata"],
         group_name="map",
         compute_kind="numpy",
-        code_version=f"whitebox-palette{PALETTE_VERSION}",
+        code_version=f"whitebox-palette{PALETTE_VERSION}-stable-ids",
         # Renders have no ordering constraints: a backfill may put many quadrants in one run.
         backfill_policy=dg.BackfillPolicy.single_run(),
     )

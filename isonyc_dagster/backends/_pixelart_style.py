@@ -221,8 +221,8 @@ class _BuildingLut:
     def __init__(self, ids_of_pixels: np.ndarray, seed: int) -> None:
         bmax = int(ids_of_pixels.max()) if ids_of_pixels.size else 0
         bmin = int(ids_of_pixels.min()) if ids_of_pixels.size else 0
-        # A direct lookup table for the renderer's ids (1 + index into the city: < 2^22 for all of
-        # NYC); anything else (huge hashed ids from inference) is sorted instead.
+        # A direct lookup table for small ids (< 2^22); the renderer's stable CRC-32 ids and ids
+        # inferred from colours are sorted instead.
         if bmin >= 0 and bmax < 1 << 22:
             present = np.zeros(bmax + 1, bool)
             present[ids_of_pixels] = True

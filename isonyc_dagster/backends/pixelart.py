@@ -20,7 +20,7 @@ rendering and dithers the first pixels of the infill into it instead of leaving 
 Deterministic and stateless (thread-safe): pixels depend on no clock, RNG state, network or GPU. The
 request's ``seed`` does not change the look (a per-step seed would break the seams); the map-wide
 texture seed is ``StyleParams.seed``. Building ids in ``aux`` must be map-global (the renderer's
-1 + index into the city), not labels per window, or materials would change across steps.
+stable CRC-32 ids), not labels per window, or materials would change across steps.
 """
 
 from __future__ import annotations

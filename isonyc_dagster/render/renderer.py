@@ -30,7 +30,7 @@ from shapely.geometry.base import BaseGeometry
 from ..geodata.model import City
 from ..geometry import MapGeometry
 from ..surfaces import PALETTE, Surface
-from .result import RenderResult
+from .result import RenderResult, stable_building_id
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -161,6 +161,7 @@ class Renderer:
         _warn("repaired invalid footprints (shapely.make_valid) of", repaired)
         _warn("skipped", skipped)
         self._fps = fps
+        self._sid = np.array([stable_building_id(b.id) for b in blds], dtype=np.int32)
         self._top = top
         self._base = np.maximum(np.nan_to_num(base), 0.0)
         self._ok = ok
@@ -319,7 +320,7 @@ class Renderer:
                 part_ring_start,
                 np.ascontiguousarray(self._top[gidx]),
                 np.ascontiguousarray(self._base[gidx]),
-                (gidx + 1).astype(np.int32),
+                self._sid[gidx],
                 self._k,
                 surface,
                 zbuf,
@@ -328,7 +329,7 @@ class Renderer:
                 py0,
             )
         rgb, height_m, counts, drawn = self._raster.finish(
-            surface, zbuf, bid, PALETTE, (idx + 1).astype(np.int32), len(Surface)
+            surface, zbuf, bid, PALETTE, np.unique(self._sid[idx]), len(Surface)
         )
         classes = {Surface(i).name.lower(): int(c) for i, c in enumerate(counts) if c}
         stats = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +28,7 @@ class RenderResult:
 
     rgb: np.ndarray  # (H, W, 3) uint8
     surface: np.ndarray  # (H, W) uint8 Surface classes
-    building: np.ndarray  # (H, W) int32: 0 = none, else 1 + index into city.buildings
+    building: np.ndarray  # (H, W) int32: 0 = none, else stable_building_id(building.id)
     height: np.ndarray  # (H, W) float32 metres
     origin_px: tuple[int, int]  # world pixel of the top-left pixel
     stats: dict[str, Any] = field(default_factory=dict)
@@ -118,6 +119,15 @@ class RenderResult:
             origin_px=(self.origin_px[0] + x0, self.origin_px[1] + y0),
             stats=summarize(surface, building),
         )
+
+
+def stable_building_id(building_id: str) -> int:
+    """The positive int32 a building is drawn with in ``RenderResult.building``: CRC-32 of its source id.
+
+    It depends on the building alone — not on which city, window or source order it was loaded with — so later
+    stages that key materials and outlines on it agree across runs and re-prepared cities.
+    """
+    return (zlib.crc32(str(building_id).encode()) & 0x7FFFFFFF) or 1
 
 
 def summarize(surface: np.ndarray, building: np.ndarray) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import logging
 import os
 import pickle
 import tempfile
+from collections import OrderedDict
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,6 +38,14 @@ TALL_BUILDING_MARGIN_M = 600.0
 EDGE_MARGIN_M = 80.0
 
 CONFIG_ENV = "ISONYC_CONFIG"
+
+#: Bounds whose ground window is at most this large keep one prepared city (a few km²: the demo, a borough's
+#: neighbourhood); larger ones (Manhattan, all of NYC) load the city region by region while rendering.
+WHOLE_CITY_MAX_M2 = 100e6
+#: Side of a region, in quadrants (2.4 km × 3.4 km of ground, plus margins).
+REGION_QUADRANTS = 16
+#: Regions (city + renderer) kept in memory per process.
+REGIONS_IN_MEMORY = 4
 
 
 class Project:
@@ -90,11 +99,37 @@ class Project:
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
+    def geodata_key(self) -> str:
+        """Identifies the geodata configuration (map, bounds, sources and their modification times)."""
+        return self._city_key()
+
+    @property
     def city_cache_path(self) -> Path:
         return Path(self.config.cache_dir) / f"city-{self._city_key()}.pkl"
 
+    @cached_property
+    def whole_city(self) -> bool:
+        """Small bounds keep one prepared city for everything (cached on disk); large ones load per region."""
+        return self.city_window().area <= WHOLE_CITY_MAX_M2
+
+    def region_of(self, x: int, y: int) -> tuple[int, int]:
+        """The fixed region (REGION_QUADRANTS² quadrants, aligned to the grid) holding quadrant (x, y)."""
+        return x // REGION_QUADRANTS, y // REGION_QUADRANTS
+
+    def _load(self, window: Polygon) -> City:
+        from .geodata.load import load_city
+
+        return load_city(
+            self.geometry,
+            self.config.geodata,
+            window=window,
+            cache_dir=Path(self.config.cache_dir) / "socrata",
+        )
+
     def city(self, *, rebuild: bool = False) -> City:
-        """The prepared city for the bounds: from the local cache, or loaded from the sources and cached."""
+        """The prepared city: the whole bounds' (cached on disk) for small bounds, else the first region's."""
+        if not self.whole_city:
+            return self.region_city(*self.region_of(*self.quadrants.keys[0]))
         cached = self.__dict__.get("_city")
         if cached is not None and not rebuild:
             return cached
@@ -106,18 +141,42 @@ class Project:
             except Exception as e:  # a stale or truncated cache is rebuilt, never trusted
                 log.warning("ignoring unreadable geodata cache %s: %s", path, e)
         if city is None:
-            from .geodata.load import load_city
-
-            city = load_city(
-                self.geometry,
-                self.config.geodata,
-                window=self.city_window(),
-                cache_dir=Path(self.config.cache_dir) / "socrata",
-            )
+            city = self._load(self.city_window())
             _atomic_write(path, pickle.dumps(city, protocol=pickle.HIGHEST_PROTOCOL))
         self.__dict__["_city"] = city
         self.__dict__.pop("renderer", None)
         return city
+
+    def region_city(self, rx: int, ry: int) -> City:
+        """The city of one region (with the margins of ``ground_window``), loaded on demand."""
+        return self._region(rx, ry)[0]
+
+    def _region(self, rx: int, ry: int) -> tuple[City, Renderer]:
+        from .render import Renderer
+
+        regions: OrderedDict[tuple[int, int], tuple[City, Renderer]] = self.__dict__.setdefault(
+            "_regions", OrderedDict()
+        )
+        if (rx, ry) in regions:
+            regions.move_to_end((rx, ry))
+            return regions[(rx, ry)]
+        r = REGION_QUADRANTS
+        city = self._load(ground_window(self.geometry, (rx * r, ry * r, rx * r + r - 1, ry * r + r - 1)))
+        regions[(rx, ry)] = (city, Renderer(city, self.geometry))
+        while len(regions) > REGIONS_IN_MEMORY:
+            regions.popitem(last=False)
+        return regions[(rx, ry)]
+
+    def renderer_at(self, x: int, y: int) -> Renderer:
+        """A renderer that draws quadrant (x, y) exactly.
+
+        Every renderer draws a pixel the same way as long as its city holds every building that reaches that
+        pixel (``ground_window``'s margins guarantee it), and building ids and the draw order depend on the
+        building alone, so renders from different regions agree pixel for pixel.
+        """
+        if self.whole_city:
+            return self.renderer
+        return self._region(*self.region_of(x, y))[1]
 
     @cached_property
     def renderer(self) -> Renderer:

@@ -362,3 +362,18 @@ def test_building_ids_do_not_depend_on_the_city_they_were_loaded_with(geometry, 
     keep = np.isin(full.building, [stable_building_id(b.id) for b in subset]) & (full.building == part.building)
     assert keep.sum() > 100_000
     assert set(np.unique(part.building).tolist()) - {0} <= {stable_building_id(b.id) for b in subset}
+
+
+def test_equal_heights_on_a_shared_wall_do_not_depend_on_the_city_order(geometry):
+    """Row houses: two buildings of the same height share a wall. Whichever order a city lists them in (regions
+    load different subsets in different orders), every pixel is drawn the same."""
+    a = Building(id="row-a", footprint=box(0, 0, 20, 30), height_m=15.0)
+    b = Building(id="row-b", footprint=box(20, 0, 40, 30), height_m=15.0)
+    c = Building(id="row-c", footprint=box(40, 0, 60, 30), height_m=15.0)
+    renders = [
+        _render_around(Renderer(City(buildings=order), geometry), geometry, -10, -10, 70, 40, 20)
+        for order in ([a, b, c], [c, b, a], [b, c, a])
+    ]
+    for other in renders[1:]:
+        assert np.array_equal(renders[0].building, other.building)
+        assert np.array_equal(renders[0].surface, other.surface)

@@ -7,9 +7,14 @@ from ..resources import ProjectResource
 
 @dg.asset(group_name="map", compute_kind="python")
 def geodata(context: dg.AssetExecutionContext, project: ProjectResource) -> dg.MaterializeResult:
-    """Load every geodata source (or the synthetic offline city) for the bounds plus margins, and cache it."""
+    """Load every geodata source (or the synthetic offline city) for the bounds plus margins, and cache it.
+
+    Large bounds (Manhattan, all of NYC) are loaded region by region while rendering; then this checks the sources
+    on the first region and reports it.
+    """
     p = project.get()
     city = p.city(rebuild=True)
+    mode = "whole bounds" if p.whole_city else "per region of 16×16 quadrants (this: the first region)"
     estimated = sum(1 for b in city.buildings if b.height_estimated)
     context.log.info(
         "geodata: %d buildings (%d estimated heights), %d parks, %d roads%s",
@@ -31,7 +36,8 @@ def geodata(context: dg.AssetExecutionContext, project: ProjectResource) -> dg.M
             "attribution": city.attribution,
             "bounds": p.config.bounds,
             "quadrants": len(p.quadrants),
-            "cache": dg.MetadataValue.path(str(p.city_cache_path)),
+            "prepared": mode,
+            **({"cache": dg.MetadataValue.path(str(p.city_cache_path))} if p.whole_city else {}),
         },
-        data_version=dg.DataVersion(p.city_cache_path.stem),
+        data_version=dg.DataVersion(p.geodata_key),
     )

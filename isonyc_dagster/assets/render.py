@@ -24,7 +24,7 @@ def build_render_asset(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefi
     def render(context: dg.AssetExecutionContext, project: ProjectResource) -> dg.MaterializeResult:
         """Render each quadrant of the run from the prepared city; store RGB (PNG) and aux buffers (npz)."""
         p = project.get()
-        store, renderer, city = p.store, p.renderer, p.city()
+        store = p.store
         shas: dict[str, str] = {}
         drawn_total, skipped = 0, 0
         pairs = partition_pairs(context)
@@ -34,6 +34,7 @@ def build_render_asset(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefi
                 skipped += 1
                 observe(context, key, {"outside_bounds": True})
                 continue
+            renderer = p.renderer_at(x, y)
             res = renderer.render_quadrant(x, y)
             png = png_bytes(res.rgb)
             aux_sha = store.put_blob(res.to_npz(), ext="npz")
@@ -49,8 +50,8 @@ def build_render_asset(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefi
                     "renderer": "whitebox",
                     "palette_version": PALETTE_VERSION,
                     "aux_sha256": aux_sha,
-                    "city": p.city_cache_path.stem,
-                    "synthetic": city.synthetic,
+                    "geodata": p.geodata_key,
+                    "synthetic": renderer.city.synthetic,
                     "buildings_drawn": drawn,
                 },
             )
@@ -61,7 +62,7 @@ def build_render_asset(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefi
                 "version": version.version,
                 "buildings_drawn": drawn,
                 "classes_present": dg.MetadataValue.json(classes),
-                "synthetic_city": city.synthetic,
+                "synthetic_city": renderer.city.synthetic,
             }
             if len(pairs) <= THUMBNAILS_UP_TO:
                 last_meta["preview"] = thumbnail_md(png, title=f"render {x},{y}")

@@ -63,7 +63,7 @@ class StepInputs:
         if (x, y) in self.project.quadrants:
             return None  # an in-bounds quadrant must be materialized by the render asset first
         # Padding outside the bounds: render on the fly (deterministic, identical to a stored render).
-        return self.project.renderer.render_quadrant(x, y).rgb
+        return self.project.renderer_at(x, y).render_quadrant(x, y).rgb
 
     def render_aux(self, x: int, y: int) -> dict[str, np.ndarray] | None:
         if (x, y) not in self._aux:
@@ -73,7 +73,7 @@ class StepInputs:
             if aux_sha and self.store.has_blob(aux_sha):
                 res = RenderResult.from_npz(self.store.get_blob(aux_sha))
             else:
-                res = self.project.renderer.render_quadrant(x, y)
+                res = self.project.renderer_at(x, y).render_quadrant(x, y)
             self._aux[(x, y)] = res.aux()
         return self._aux[(x, y)]
 

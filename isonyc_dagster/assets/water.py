@@ -36,7 +36,7 @@ def build_water_asset(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefin
                 if sha and store.has_blob(sha):
                     cache[(x, y)] = RenderResult.from_npz(store.get_blob(sha)).surface
                 else:  # beyond the bounds (or not stored): the renderer is deterministic
-                    cache[(x, y)] = p.renderer.render_quadrant(x, y).surface
+                    cache[(x, y)] = p.renderer_at(x, y).render_quadrant(x, y).surface
             return cache[(x, y)]
 
         margin = seamless_margin(FALLOFF_PX)

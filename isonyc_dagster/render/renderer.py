@@ -302,7 +302,10 @@ class Renderer:
                 self._fill(_PolySet(polys), cls, surface, px0, py0)
 
         # 2. buildings, z-buffered
+        # Draw order decides ties (equal heights on a shared wall): order by the stable id, not the city's list
+        # order, so any city holding these buildings draws the same pixels.
         idx = self._buildings_for(px0, py0, w, h)
+        idx = idx[np.argsort(self._sid[idx], kind="stable")]
         if idx.size:
             parts, owner = shapely.get_parts(self._fps[idx], return_index=True)
             rings, ring_part = shapely.get_rings(parts, return_index=True)

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 import dagster as dg
 
 from .project import Project
-from .sensors import ASSET_TAG, RANGE_END, RANGE_START, wave_run_requests
+from .sensors import ASSET_TAG, RANGE_END, RANGE_START, materialized, wave_run_requests
+from .waves import complete
 
 
 @dataclass
@@ -56,9 +57,6 @@ def drive(
             # Nothing ready: either finished, or failed keys are cooling down before their retry.
             if "gave up" in summary or idle_rounds * wait_s > 300:
                 break
-            from .sensors import materialized
-            from .waves import complete
-
             if complete(project.plan, project.quadrants.keys, materialized(instance)):
                 report.complete = True
                 break

@@ -31,7 +31,11 @@ def test_code_location_validates(tmp_path: Path) -> None:
     (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     out = subprocess.run(
         [sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "All code locations passed validation" in out.stdout + out.stderr
@@ -42,13 +46,25 @@ def test_assets_partitions_and_jobs(tmp_path: Path) -> None:
     defs = build_definitions(cfg)
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
-    assert keys == {"geodata", "render", "blocks", "bridges_v", "bridges_h", "corners", "generation",
-                    "water_mask", "dzi_pyramid", "pmtiles_archive"}
+    assert keys == {
+        "geodata",
+        "render",
+        "blocks",
+        "bridges_v",
+        "bridges_h",
+        "corners",
+        "generation",
+        "water_mask",
+        "dzi_pyramid",
+        "pmtiles_archive",
+    }
     qp = graph.get(dg.AssetKey("render")).partitions_def
     assert isinstance(qp, dg.MultiPartitionsDefinition)
     assert len(qp.get_partition_keys()) == 9 * 6
     cp = graph.get(dg.AssetKey("blocks")).partitions_def
-    assert {parse_key2(k) for k in cp.get_partition_keys()} == {(bx, by) for bx in range(3) for by in range(2)}
+    assert {parse_key2(k) for k in cp.get_partition_keys()} == {
+        (bx, by) for bx in range(3) for by in range(2)
+    }
     for name in ("render_job", "blocks_job", "corners_job", "generation_job", "export_job"):
         assert defs.resolve_job_def(name) is not None
 
@@ -83,8 +99,7 @@ def test_partition_mappings_match_the_plan(tmp_path: Path) -> None:
         # generation[x, y] depends on exactly the one step that produced it
         for x, y in step.quadrants:
             producers = {
-                name: _upstream(graph, "generation", name, key2(x, y))
-                for name in STEP_ASSETS.values()
+                name: _upstream(graph, "generation", name, key2(x, y)) for name in STEP_ASSETS.values()
             }
             assert {n: c for n, c in producers.items() if c} == {child: {step.cell}}
 
@@ -94,9 +109,22 @@ def test_step_without_context_fails_fast_and_generates_nothing(tmp_path: Path, i
     defs = build_definitions(cfg)
     project = Project(cfg)
     render = defs.resolve_job_def("render_job").execute_in_process(
-        instance=instance, tags={"dagster/asset_partition_range_start": "0|0", "dagster/asset_partition_range_end": "5|5"},
+        instance=instance,
+        tags={"dagster/asset_partition_range_start": "0|0", "dagster/asset_partition_range_end": "5|5"},
     )
     assert render.success
+    # What a user opens in the UI for one quadrant of that range run: its own preview and provenance.
+    obs = [
+        r
+        for r in instance.fetch_observations(dg.AssetKey("render"), limit=100).records
+        if r.partition_key == "2|3"
+    ]
+    assert len(obs) == 1
+    md = obs[0].asset_observation.metadata
+    assert md["preview"].value.startswith("![render 2,3](data:image/png;base64,")
+    assert md["quadrant"].value == "2,3" and len(md["sha256"].value) == 64
+    mat = instance.fetch_materializations(dg.AssetKey("render"), limit=1).records[0].asset_materialization
+    assert "AssetObservation" in mat.metadata["per_partition"].value
     result = defs.resolve_job_def("bridges_v_job").execute_in_process(
         instance=instance, partition_key="0|0", raise_on_error=False
     )
@@ -125,6 +153,8 @@ def test_scheduler_caps_runs_in_flight(tmp_path: Path, instance, monkeypatch: py
     monkeypatch.setenv("ISONYC_MAX_RUNS_IN_FLIGHT", "4")
     requests, _ = wave_run_requests(project, instance)
     assert [r.job_name for r in requests] == ["render_job", "render_job"]
-    keys = sorted((r.tags["dagster/asset_partition_range_start"], r.tags["dagster/asset_partition_range_end"])
-                  for r in requests)
+    keys = sorted(
+        (r.tags["dagster/asset_partition_range_start"], r.tags["dagster/asset_partition_range_end"])
+        for r in requests
+    )
     assert keys == [("0|0", "20|5"), ("0|6", "20|11")]

@@ -60,6 +60,14 @@ def combined_version(shas: Mapping[str, str]) -> dg.DataVersion:
     return dg.DataVersion(h.hexdigest())
 
 
+#: Shown on every partition of a multi-partition run: Dagster keeps one metadata set per run step, so each
+#: partition's own previews and provenance are logged as an observation of that partition.
+PER_PARTITION_NOTE = (
+    "this run covered several partitions: this partition's previews and provenance are its AssetObservation "
+    "(Events tab, or 'View all historical events' on the partition)"
+)
+
+
 def observe(context: dg.AssetExecutionContext, partition: str, metadata: dict) -> None:
     """Per-partition metadata in a multi-partition run (a MaterializeResult has one set for the whole run)."""
     context.log_event(

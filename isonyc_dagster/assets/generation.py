@@ -11,7 +11,15 @@ import dagster as dg
 
 from ..qa import MAX_RED_PX, assess
 from ..resources import ProjectResource
-from ._common import THUMBNAILS_UP_TO, combined_version, decode_rgb, observe, partition_pairs, thumbnail_md
+from ._common import (
+    PER_PARTITION_NOTE,
+    THUMBNAILS_UP_TO,
+    combined_version,
+    decode_rgb,
+    observe,
+    partition_pairs,
+    thumbnail_md,
+)
 from .steps import GENERATION_LAYER, StepInputs
 
 CHECKS = [
@@ -150,6 +158,8 @@ def build_generation_asset(
         }
         if len(pairs) == 1:
             meta.update(last_meta)
+        else:
+            meta["per_partition"] = PER_PARTITION_NOTE
         return dg.MaterializeResult(
             metadata=meta, check_results=checks, data_version=combined_version(shas) if shas else None
         )

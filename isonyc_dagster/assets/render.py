@@ -5,7 +5,14 @@ import dagster as dg
 from ..render import png_bytes
 from ..resources import ProjectResource
 from ..surfaces import PALETTE_VERSION, Surface
-from ._common import THUMBNAILS_UP_TO, combined_version, observe, partition_pairs, thumbnail_md
+from ._common import (
+    PER_PARTITION_NOTE,
+    THUMBNAILS_UP_TO,
+    combined_version,
+    observe,
+    partition_pairs,
+    thumbnail_md,
+)
 
 RENDER_LAYER = "render"
 
@@ -71,6 +78,8 @@ def build_render_asset(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefi
         meta = {"quadrants_rendered": len(shas), "outside_bounds": skipped, "buildings_drawn": drawn_total}
         if len(pairs) == 1:
             meta.update(last_meta)
+        else:
+            meta["per_partition"] = PER_PARTITION_NOTE
         return dg.MaterializeResult(metadata=meta, data_version=combined_version(shas) if shas else None)
 
     return render

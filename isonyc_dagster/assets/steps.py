@@ -28,6 +28,7 @@ from ..template import (
     extract_quadrants,
 )
 from ._common import (
+    PER_PARTITION_NOTE,
     THUMBNAILS_UP_TO,
     combined_version,
     decode_rgb,
@@ -276,6 +277,8 @@ def build_step_asset(
         meta: dict[str, Any] = {"steps_generated": len(shas)}
         if len(keys) == 1:
             meta.update(last_meta)
+        else:
+            meta["per_partition"] = PER_PARTITION_NOTE
         return dg.MaterializeResult(metadata=meta, data_version=combined_version(shas) if shas else None)
 
     return _step_asset

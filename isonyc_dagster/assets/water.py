@@ -6,7 +6,15 @@ import numpy as np
 from ..render import RenderResult
 from ..resources import ProjectResource
 from ..water import classify_water, seamless_margin, surface_with_margin, water_mask
-from ._common import THUMBNAILS_UP_TO, combined_version, encode_png, observe, partition_pairs, thumbnail_md
+from ._common import (
+    PER_PARTITION_NOTE,
+    THUMBNAILS_UP_TO,
+    combined_version,
+    encode_png,
+    observe,
+    partition_pairs,
+    thumbnail_md,
+)
 from .render import RENDER_LAYER
 
 WATER_LAYER = "water_mask"
@@ -74,6 +82,8 @@ def build_water_asset(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefin
         meta: dict = {k.lower(): v for k, v in counts.items()}
         if len(pairs) == 1:
             meta.update(last_meta)
+        else:
+            meta["per_partition"] = PER_PARTITION_NOTE
         return dg.MaterializeResult(metadata=meta, data_version=combined_version(shas) if shas else None)
 
     return water_mask_asset

@@ -90,6 +90,7 @@ def generate_candidates(
     split: Splitter,
     context: Mapping[tuple[int, int], np.ndarray],
     overlap_px: int = 8,
+    masks: Mapping[EdgeKey, np.ndarray] | None = None,
     seeds: Sequence[int] | None = None,
     parallel: int = 1,
 ) -> CandidateSet:
@@ -118,7 +119,7 @@ def generate_candidates(
             quads = {xy: np.asarray(img) for xy, img in split(result.image_png).items()}
         except Exception as e:  # an output the template code cannot use is a failed candidate
             return Candidate(i, seed, result, error=f"could not split the output: {type(e).__name__}: {e}")
-        scores = score_step_seams(quads, context, overlap_px)
+        scores = score_step_seams(quads, context, overlap_px, masks)
         return Candidate(i, seed, result, quads, scores, aggregate(scores))
 
     if parallel > 1 and k > 1:

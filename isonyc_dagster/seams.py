@@ -171,12 +171,14 @@ def score_step_seams(
     images_by_quadrant: Mapping[tuple[int, int], np.ndarray],
     context_by_quadrant: Mapping[tuple[int, int], np.ndarray],
     overlap_px: int = 8,
+    masks: Mapping[EdgeKey, np.ndarray] | None = None,
 ) -> dict[EdgeKey, float]:
     """Score every edge between a newly generated quadrant and an adjacent accepted context quadrant.
 
     Keys are ((x, y) left/top, (x, y) right/bottom) in quadrant coordinates (y grows down). Edges
     between two new quadrants are one model output and are not scored; quadrants present in both
-    mappings count as new.
+    mappings count as new. ``masks`` (per edge key, see :func:`continuity_mask`) limits an edge's score to
+    where the render continues across it.
     """
     scores: dict[EdgeKey, float] = {}
     for (x, y), img in images_by_quadrant.items():
@@ -185,14 +187,10 @@ def score_step_seams(
             if nb in images_by_quadrant or nb not in context_by_quadrant:
                 continue
             ctx = context_by_quadrant[nb]
-            if dx == -1:
-                scores[(nb, (x, y))] = seam_score(ctx, img, "lr", overlap_px)
-            elif dx == 1:
-                scores[((x, y), nb)] = seam_score(img, ctx, "lr", overlap_px)
-            elif dy == -1:
-                scores[(nb, (x, y))] = seam_score(ctx, img, "tb", overlap_px)
-            else:
-                scores[((x, y), nb)] = seam_score(img, ctx, "tb", overlap_px)
+            first, second = ((nb, ctx), ((x, y), img)) if dx + dy < 0 else (((x, y), img), (nb, ctx))
+            key = (first[0], second[0])
+            mask = None if masks is None else masks.get(key)
+            scores[key] = seam_score(first[1], second[1], "lr" if dx else "tb", overlap_px, mask)
     return scores
 
 

@@ -82,6 +82,24 @@ class StepInputs:
         png = self.store.get_tile(GENERATION_LAYER, x, y)
         return None if png is None else decode_rgb(png)
 
+    def continuity_masks(self, step: Step, context: dict[tuple[int, int], np.ndarray]) -> dict:
+        """Per edge between the step and its context: where the render continues across (seams.continuity_mask)."""
+        from ..seams import continuity_mask
+
+        masks = {}
+        for x, y in step.quadrants:
+            for dx, dy in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+                nb = (x + dx, y + dy)
+                if nb not in context:
+                    continue
+                first, second = (nb, (x, y)) if dx + dy < 0 else ((x, y), nb)
+                a, b = self.render_aux(*first), self.render_aux(*second)
+                edge = "lr" if dx else "tb"
+                masks[(first, second)] = continuity_mask(
+                    a["surface"], a["building"], b["surface"], b["building"], edge
+                )
+        return masks
+
     def template(self, step: Step) -> Template:
         return build_template(
             step, render_rgb=self.render_rgb, generated_rgb=self.generated_rgb, render_aux=self.render_aux
@@ -118,12 +136,14 @@ def run_step(
         aux=template.aux,
     )
     context = {q: img for q in step.context if (img := inputs.generated_rgb(*q)) is not None}
+    k = max(1, generator.candidates)
     cands = generate_candidates(
         backend,
         request,
-        max(1, generator.candidates),
+        k,
         split=lambda png: extract_quadrants(step, template, png),
         context=context,
+        masks=inputs.continuity_masks(step, context) if k > 1 else None,
     )
     best = cands.best
     summaries = []

@@ -17,7 +17,7 @@ from PIL import Image
 from isonyc_dagster.assets.steps import StepInputs
 from isonyc_dagster.config import load_project_config
 from isonyc_dagster.project import Project
-from isonyc_dagster.seams import DEFAULT_THRESHOLD, continuity_mask, seam_score
+from isonyc_dagster.seams import DEFAULT_THRESHOLD, seam_score
 
 
 def main() -> None:
@@ -44,16 +44,16 @@ def main() -> None:
             same = plan.step_for_quadrant(*q).key == plan.step_for_quadrant(*nb).key
             (within if same else between).append(seam_score(rgb(q), rgb(nb), edge))
             if not same:
-                a, b = inputs.render_aux(*q), inputs.render_aux(*nb)
-                mask = continuity_mask(a["surface"], a["building"], b["surface"], b["building"], edge)
-                masked.append(seam_score(rgb(q), rgb(nb), edge, mask=mask))
+                masked.append(seam_score(rgb(q), rgb(nb), edge, mask=inputs.edge_mask(q, nb)))
     for name, scores in (("between steps", between), ("within a step", within), ("between, masked", masked)):
         if not scores:
             print(f"{name}: no edges")
             continue
         a = np.array(scores)
-        print(f"{name:>14}: {len(a):5d} edges  mean {a.mean():5.2f}  median {np.median(a):5.2f}  "
-              f"p95 {np.percentile(a, 95):5.2f}  max {a.max():5.2f}  > {DEFAULT_THRESHOLD:g}: {(a > DEFAULT_THRESHOLD).sum()}")
+        print(
+            f"{name:>14}: {len(a):5d} edges  mean {a.mean():5.2f}  median {np.median(a):5.2f}  "
+            f"p95 {np.percentile(a, 95):5.2f}  max {a.max():5.2f}  > {DEFAULT_THRESHOLD:g}: {(a > DEFAULT_THRESHOLD).sum()}"
+        )
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ readable partial report. Rendering is injected (``render_tile(x, y) -> (T, T, 3)
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import tempfile
@@ -37,6 +36,7 @@ from PIL import Image, ImageDraw
 
 from .backends.base import BackendError, GenerationRequest, ImageBackend
 from .candidates import generate_candidates
+from .images import decode_rgb, png_bytes
 from .seams import DEFAULT_THRESHOLD
 
 RED = (255, 0, 0)
@@ -54,16 +54,6 @@ def _write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def _png(arr: np.ndarray) -> bytes:
-    out = io.BytesIO()
-    Image.fromarray(arr).save(out, format="PNG")
-    return out.getvalue()
-
-
-def _decode(png: bytes) -> np.ndarray:
-    return np.array(Image.open(io.BytesIO(png)).convert("RGB"))
 
 
 def draw_red_border(img: np.ndarray, box: tuple[int, int, int, int], width: int = BORDER_PX) -> None:
@@ -211,7 +201,7 @@ def run_pilot(
             window[dy * T : (dy + 1) * T, dx * T : (dx + 1) * T] = accepted.get(nb, render(*nb))
         window[T:, T:] = render(x, y)
         draw_red_border(window, (T, T, 2 * T, 2 * T))
-        template = _png(window)
+        template = png_bytes(window)
         cand_dir = out / "candidates" / f"{x}_{y}"
         _write_atomic(cand_dir / "template.png", template)
 
@@ -237,7 +227,7 @@ def run_pilot(
         )
 
         def split(png: bytes, x: int = x, y: int = y) -> dict[tuple[int, int], np.ndarray]:
-            img = _decode(png)
+            img = decode_rgb(png)
             if img.shape[:2] != (2 * T, 2 * T):
                 raise ValueError(f"output is {img.shape[1]}×{img.shape[0]}, expected {2 * T}×{2 * T}")
             return {(x, y): img[T:, T:].copy()}
@@ -264,13 +254,13 @@ def run_pilot(
             entry["scores"] = {named(key): round(s, 4) for key, s in c.scores.items()}
             if c.ok:
                 fname = f"cand{c.index}_seed{c.seed}.png"
-                _write_atomic(cand_dir / fname, _png(c.quadrants[(x, y)]))
+                _write_atomic(cand_dir / fname, png_bytes(c.quadrants[(x, y)]))
                 entry["file"] = f"candidates/{x}_{y}/{fname}"
             cands.append(entry)
         best = cset.best
         tile = best.quadrants[(x, y)]
         accepted[(x, y)] = tile
-        _write_atomic(out / "tiles" / f"{x}_{y}.png", _png(tile))
+        _write_atomic(out / "tiles" / f"{x}_{y}.png", png_bytes(tile))
         best_scores = cands[best.index]["scores"]
         report["tiles"].append(
             {
@@ -291,7 +281,7 @@ def run_pilot(
     mosaic = np.zeros((h * T, w * T, 3), np.uint8)
     for (x, y), tile in accepted.items():
         mosaic[(y - y0) * T : (y - y0 + 1) * T, (x - x0) * T : (x - x0 + 1) * T] = tile
-    _write_atomic(out / "mosaic.png", _png(mosaic))
+    _write_atomic(out / "mosaic.png", png_bytes(mosaic))
     edges = []
     for t in report["tiles"]:
         col, row = t["x"] - x0, t["y"] - y0
@@ -299,7 +289,7 @@ def run_pilot(
             edges.append(("lr", col, row, t["scores"]["left"]))
         if "top" in t["scores"]:
             edges.append(("tb", col, row, t["scores"]["top"]))
-    _write_atomic(out / "seam_heatmap.png", _png(seam_heatmap(mosaic, edges, T, overlap_px, threshold)))
+    _write_atomic(out / "seam_heatmap.png", png_bytes(seam_heatmap(mosaic, edges, T, overlap_px, threshold)))
 
     seam_values = [s for _, _, _, s in edges]
     all_cands = [c for t in report["tiles"] for c in t["candidates"]]

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .images import png_bytes
 from .plan import Quadrant, Step
 from .surfaces import PALETTE, Surface
 
@@ -110,13 +111,6 @@ class Template:
         return self.rgb.shape[0]
 
 
-def png_bytes(rgb: np.ndarray, *, compress_level: int = PNG_COMPRESS_LEVEL) -> bytes:
-    """Lossless, deterministic PNG of an (H, W, 3|4) uint8 array."""
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgb)).save(buf, format="PNG", compress_level=compress_level)
-    return buf.getvalue()
-
-
 def build_template(
     step: Step,
     *,
@@ -183,7 +177,7 @@ def build_template(
     rgb.setflags(write=False)
 
     aux = _assemble_aux(step, render_aux) if render_aux is not None else {}
-    png = png_bytes(rgb)
+    png = png_bytes(rgb, compress_level=PNG_COMPRESS_LEVEL)
     return Template(
         step_key=step.key,
         rgb=rgb,

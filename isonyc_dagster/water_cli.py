@@ -13,21 +13,11 @@ import numpy as np
 from PIL import Image
 
 from .config import ProjectConfig
+from .images import decode_rgb, png_bytes
 from .project import Project
 from .water import fill_water, parse_color, soft_replace_color
 
 LAYER = "generation"
-
-
-def _decode(png: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(png)) as im:
-        return np.asarray(im.convert("RGB"))
-
-
-def _encode(rgb: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def run_water_cli(args: argparse.Namespace, config: ProjectConfig) -> int:
@@ -48,7 +38,7 @@ def run_water_cli(args: argparse.Namespace, config: ProjectConfig) -> int:
         if current is None:
             results.append({"quadrant": [x, y], "skipped": "no generation yet"})
             continue
-        rgb = _decode(store.get_blob(current.sha256))
+        rgb = decode_rgb(store.get_blob(current.sha256))
         if args.water_command == "fill":
             region = None
             if args.mask_only:
@@ -73,7 +63,7 @@ def run_water_cli(args: argparse.Namespace, config: ProjectConfig) -> int:
             "step": current.provenance.get("step"),
         }
         changed = int(np.count_nonzero(np.any(out != rgb, axis=-1)))
-        v = store.put_tile(LAYER, x, y, _encode(out), prov)
+        v = store.put_tile(LAYER, x, y, png_bytes(out), prov)
         results.append(
             {"quadrant": [x, y], "version": v.version, "pixels_changed": changed, "sha256": v.sha256}
         )

@@ -6,10 +6,12 @@ import io
 from collections.abc import Mapping
 
 import dagster as dg
-import numpy as np
 from PIL import Image
 
 from ..partitions import parse_key2
+
+#: zlib level of tiles written to the store: ~2× faster than the default 6 for a few percent more bytes.
+TILE_PNG_LEVEL = 3
 
 #: Runs with at most this many partitions get an inline thumbnail per partition; larger runs link the full tile
 #: only, which keeps the event log small at city scale.
@@ -20,17 +22,6 @@ def partition_pairs(context: dg.AssetExecutionContext) -> list[tuple[int, int]]:
     """The (x, y) / (bx, by) pairs of every partition of this run (single partition or a range)."""
     # context.partition_key raises in range runs: always go through partition_keys.
     return [parse_key2(k) for k in context.partition_keys]
-
-
-def decode_rgb(png: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(png)) as im:
-        return np.asarray(im.convert("RGB"))
-
-
-def encode_png(rgb: np.ndarray, *, compress_level: int = 3) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG", compress_level=compress_level)
-    return buf.getvalue()
 
 
 def thumbnail_md(png: bytes, *, max_px: int = 160, title: str = "preview") -> dg.MetadataValue:

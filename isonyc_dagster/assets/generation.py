@@ -15,7 +15,6 @@ from ._common import (
     PER_PARTITION_NOTE,
     THUMBNAILS_UP_TO,
     combined_version,
-    decode_rgb,
     observe,
     partition_pairs,
     thumbnail_md,
@@ -53,7 +52,7 @@ def build_generation_asset(
     )
     def generation(context: dg.AssetExecutionContext, project: ProjectResource) -> dg.MaterializeResult:
         """Publish each quadrant's generated pixels with provenance, and run the per-tile QA."""
-        from ..seams import continuity_mask, seam_score
+        from ..seams import seam_score
 
         p = project.get()
         store = p.store
@@ -64,14 +63,6 @@ def build_generation_asset(
         worst_seam = 0.0
         missing: list[str] = []
         last_meta: dict[str, Any] = {}
-        cache: dict[tuple[int, int], Any] = {}
-
-        def rgb_of(x: int, y: int):
-            if (x, y) not in cache:
-                png = store.get_tile(GENERATION_LAYER, x, y)
-                cache[(x, y)] = None if png is None else decode_rgb(png)
-            return cache[(x, y)]
-
         for key, (x, y) in zip(context.partition_keys, pairs, strict=True):
             if (x, y) not in p.quadrants:
                 observe(context, key, {"outside_bounds": True})
@@ -80,22 +71,17 @@ def build_generation_asset(
             if version is None:
                 missing.append(f"{x},{y}")
                 continue
-            rgb = rgb_of(x, y)
+            rgb = inputs.generated_rgb(x, y)
             qa = assess(rgb)
             step = p.plan.step_for_quadrant(x, y)
             for name, dx, dy in _EDGES:
                 nb = (x + dx, y + dy)
-                if nb in step.quadrants or nb not in p.quadrants or rgb_of(*nb) is None:
+                if nb in step.quadrants or nb not in p.quadrants or inputs.generated_rgb(*nb) is None:
                     continue
                 first, second = (nb, (x, y)) if name in ("left", "top") else ((x, y), nb)
                 edge = "lr" if name in ("left", "right") else "tb"
-                aux_a, aux_b = inputs.render_aux(*first), inputs.render_aux(*second)
-                # Judge only where the render continues across the edge: a real wall or roof line lying on
-                # the quadrant line is scenery, not a seam.
-                mask = continuity_mask(
-                    aux_a["surface"], aux_a["building"], aux_b["surface"], aux_b["building"], edge
-                )
-                qa.seams[name] = float(seam_score(rgb_of(*first), rgb_of(*second), edge, mask=mask))
+                a, b = inputs.generated_rgb(*first), inputs.generated_rgb(*second)
+                qa.seams[name] = float(seam_score(a, b, edge, mask=inputs.edge_mask(first, second)))
             if qa.seams:
                 worst_seam = max(worst_seam, max(qa.seams.values()))
             if not qa.seams_ok(seam_threshold):

@@ -14,10 +14,12 @@ import numpy as np
 
 from ..backends.base import BackendError, GenerationRequest
 from ..candidates import generate_candidates
+from ..images import decode_rgb, png_bytes
 from ..plan import Step, StepKind
 from ..project import Project
 from ..render import RenderResult
 from ..resources import GeneratorResource, ProjectResource
+from ..seams import continuity_mask
 from ..store.base import TileWrite
 from ..template import (
     ContextMissing,
@@ -30,9 +32,8 @@ from ..template import (
 from ._common import (
     PER_PARTITION_NOTE,
     THUMBNAILS_UP_TO,
+    TILE_PNG_LEVEL,
     combined_version,
-    decode_rgb,
-    encode_png,
     observe,
     partition_pairs,
     thumbnail_md,
@@ -56,6 +57,8 @@ class StepInputs:
         self.project = project
         self.store = project.store
         self._aux: dict[tuple[int, int], dict[str, np.ndarray]] = {}
+        # Generated pixels do not change during a run: a run holds steps of one kind, never each other's context.
+        self._generated: dict[tuple[int, int], np.ndarray | None] = {}
 
     def render_rgb(self, x: int, y: int) -> np.ndarray | None:
         png = self.store.get_tile(RENDER_LAYER, x, y)
@@ -79,25 +82,27 @@ class StepInputs:
         return self._aux[(x, y)]
 
     def generated_rgb(self, x: int, y: int) -> np.ndarray | None:
-        png = self.store.get_tile(GENERATION_LAYER, x, y)
-        return None if png is None else decode_rgb(png)
+        if (x, y) not in self._generated:
+            png = self.store.get_tile(GENERATION_LAYER, x, y)
+            self._generated[(x, y)] = None if png is None else decode_rgb(png)
+        return self._generated[(x, y)]
+
+    def edge_mask(self, first: tuple[int, int], second: tuple[int, int]) -> np.ndarray:
+        """Where the render continues across the edge between ``first`` (left/top) and ``second`` (right/bottom):
+        only there is a colour jump a seam; a wall or roof line lying on the quadrant line is scenery."""
+        a, b = self.render_aux(*first), self.render_aux(*second)
+        edge = "lr" if second[0] != first[0] else "tb"
+        return continuity_mask(a["surface"], a["building"], b["surface"], b["building"], edge)
 
     def continuity_masks(self, step: Step, context: dict[tuple[int, int], np.ndarray]) -> dict:
-        """Per edge between the step and its context: where the render continues across (seams.continuity_mask)."""
-        from ..seams import continuity_mask
-
+        """``edge_mask`` of every edge between the step and its context, keyed like ``seams.score_step_seams``."""
         masks = {}
         for x, y in step.quadrants:
             for dx, dy in ((-1, 0), (1, 0), (0, -1), (0, 1)):
                 nb = (x + dx, y + dy)
-                if nb not in context:
-                    continue
-                first, second = (nb, (x, y)) if dx + dy < 0 else ((x, y), nb)
-                a, b = self.render_aux(*first), self.render_aux(*second)
-                edge = "lr" if dx else "tb"
-                masks[(first, second)] = continuity_mask(
-                    a["surface"], a["building"], b["surface"], b["building"], edge
-                )
+                if nb in context:
+                    first, second = (nb, (x, y)) if dx + dy < 0 else ((x, y), nb)
+                    masks[(first, second)] = self.edge_mask(first, second)
         return masks
 
     def template(self, step: Step) -> Template:
@@ -171,7 +176,7 @@ def run_step(
         "generator_key": gen_key,
     }
     writes = [
-        TileWrite(GENERATION_LAYER, x, y, encode_png(rgb), provenance)
+        TileWrite(GENERATION_LAYER, x, y, png_bytes(rgb, compress_level=TILE_PNG_LEVEL), provenance)
         for (x, y), rgb in sorted(best.quadrants.items())
     ]
     versions = store.put_tiles(writes)

@@ -3,14 +3,15 @@
 import dagster as dg
 import numpy as np
 
+from ..images import png_bytes
 from ..render import RenderResult
 from ..resources import ProjectResource
 from ..water import classify_water, seamless_margin, surface_with_margin, water_mask
 from ._common import (
     PER_PARTITION_NOTE,
     THUMBNAILS_UP_TO,
+    TILE_PNG_LEVEL,
     combined_version,
-    encode_png,
     observe,
     partition_pairs,
     thumbnail_md,
@@ -62,7 +63,7 @@ def build_water_asset(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefin
                 FALLOFF_PX,
                 margin_px=margin,
             )
-            png = encode_png(mask)
+            png = png_bytes(mask, compress_level=TILE_PNG_LEVEL)
             v = store.put_tile(
                 WATER_LAYER, x, y, png, {"source": "render surface buffer", "falloff_px": FALLOFF_PX}
             )

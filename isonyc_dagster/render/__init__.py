@@ -12,4 +12,11 @@ Public API::
 from .renderer import MAX_WINDOW_PX, Renderer
 from .result import RenderResult, png_bytes, render_png_preview, stable_building_id
 
-__all__ = ["MAX_WINDOW_PX", "RenderResult", "Renderer", "png_bytes", "render_png_preview", "stable_building_id"]
+__all__ = [
+    "MAX_WINDOW_PX",
+    "RenderResult",
+    "Renderer",
+    "png_bytes",
+    "render_png_preview",
+    "stable_building_id",
+]

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..images import png_bytes as _png_bytes
 from ..surfaces import PALETTE
 
 _NPZ_FORMAT = 1
@@ -153,9 +154,7 @@ def png_bytes(rgb: np.ndarray) -> bytes:
         raise ValueError(
             f"png_bytes needs an (H, W, 3|4) or (H, W) uint8 array, got shape {a.shape} dtype {a.dtype}"
         )
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(a)).save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
+    return _png_bytes(a, compress_level=1)
 
 
 def render_png_preview(result: RenderResult | np.ndarray, max_px: int = 256) -> bytes:

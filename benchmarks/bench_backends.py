@@ -23,10 +23,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from isonyc_dagster.backends._http import HttpSettings, validate_image  # noqa: E402
 from isonyc_dagster.backends.base import GenerationRequest  # noqa: E402
 from isonyc_dagster.backends.modal import ModalBackend  # noqa: E402
-from isonyc_dagster.seams import score_step_seams, seam_score  # noqa: E402
+from isonyc_dagster.backends.transport import HttpSettings, validate_image  # noqa: E402
+from isonyc_dagster.generate.seams import score_step_seams, seam_score  # noqa: E402
 from tests.fake_apis import FakeModal, make_template  # noqa: E402
 
 

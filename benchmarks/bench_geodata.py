@@ -31,13 +31,13 @@ from shapely.geometry import shape
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from isonyc_dagster.config import MapConfig  # noqa: E402
+from isonyc_dagster.geo.config import MapConfig  # noqa: E402
+from isonyc_dagster.geo.geometry import MapGeometry  # noqa: E402
 from isonyc_dagster.geodata.land import land_polygon  # noqa: E402
 from isonyc_dagster.geodata.load import load_city  # noqa: E402
 from isonyc_dagster.geodata.model import City  # noqa: E402
 from isonyc_dagster.geodata.osm import read_osm  # noqa: E402
 from isonyc_dagster.geodata.synthetic import synthetic_city  # noqa: E402
-from isonyc_dagster.geometry import MapGeometry  # noqa: E402
 
 GEODATA = REPO.parent / "shared" / "geodata"
 

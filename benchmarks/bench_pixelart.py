@@ -29,12 +29,13 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from isonyc_dagster.backends._pixelart_style import stylize  # noqa: E402
+from isonyc_dagster.backends.pixelart.backend.style import stylize  # noqa: E402
+
 from isonyc_dagster.backends.base import GenerationRequest  # noqa: E402
-from isonyc_dagster.backends.pixelart import PixelArtBackend  # noqa: E402
-from isonyc_dagster.config import MapConfig  # noqa: E402
+from isonyc_dagster.backends.pixelart.backend import PixelArtBackend  # noqa: E402
+from isonyc_dagster.geo.config import MapConfig  # noqa: E402
+from isonyc_dagster.geo.geometry import MapGeometry  # noqa: E402
 from isonyc_dagster.geodata.load import load_city  # noqa: E402
-from isonyc_dagster.geometry import MapGeometry  # noqa: E402
 from isonyc_dagster.render import Renderer  # noqa: E402
 
 GEODATA = REPO.parent / "shared" / "geodata"

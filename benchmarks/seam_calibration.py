@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from isonyc_dagster.seams import DEFAULT_THRESHOLD, seam_score
+from isonyc_dagster.generate.seams import DEFAULT_THRESHOLD, seam_score
 
 STYLE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "style"
 T = 256  # tile side used for the cuts

@@ -14,10 +14,10 @@ import io
 import numpy as np
 from PIL import Image
 
-from isonyc_dagster.assets.steps import StepInputs
-from isonyc_dagster.config import load_project_config
+from isonyc_dagster.defs.assets.steps import StepInputs
+from isonyc_dagster.generate.seams import DEFAULT_THRESHOLD, seam_score
+from isonyc_dagster.geo.config import load_project_config
 from isonyc_dagster.project import Project
-from isonyc_dagster.seams import DEFAULT_THRESHOLD, seam_score
 
 
 def main() -> None:

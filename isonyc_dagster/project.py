@@ -19,15 +19,15 @@ from typing import TYPE_CHECKING
 from shapely import affinity
 from shapely.geometry import Polygon
 
-from .bounds import QuadrantSet, load_bounds, quadrants_for_bounds
-from .config import ProjectConfig, load_project_config
-from .geometry import MapGeometry
+from isonyc_dagster.geo.bounds import QuadrantSet, load_bounds, quadrants_for_bounds
+from isonyc_dagster.geo.config import ProjectConfig, load_project_config
+from isonyc_dagster.geo.geometry import MapGeometry
 
 if TYPE_CHECKING:
-    from .geodata.model import City
-    from .plan import LatticePlan
-    from .render import Renderer
-    from .store.base import TileStore
+    from isonyc_dagster.generate.plan import LatticePlan
+    from isonyc_dagster.geodata.model import City
+    from isonyc_dagster.render import Renderer
+    from isonyc_dagster.store.base import TileStore
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +73,13 @@ class Project:
 
     @cached_property
     def plan(self) -> LatticePlan:
-        from .plan import LatticePlan
+        from isonyc_dagster.generate.plan import LatticePlan
 
         return LatticePlan.from_quadrants(self.quadrants.keys)
 
     @cached_property
     def store(self) -> TileStore:
-        from .store import open_store
+        from isonyc_dagster.store import open_store
 
         return open_store(self.config.store)
 
@@ -117,7 +117,7 @@ class Project:
         return x // REGION_QUADRANTS, y // REGION_QUADRANTS
 
     def _load(self, window: Polygon) -> City:
-        from .geodata.load import load_city
+        from isonyc_dagster.geodata.load import load_city
 
         return load_city(
             self.geometry,
@@ -152,7 +152,7 @@ class Project:
         return self._region(rx, ry)[0]
 
     def _region(self, rx: int, ry: int) -> tuple[City, Renderer]:
-        from .render import Renderer
+        from isonyc_dagster.render import Renderer
 
         regions: OrderedDict[tuple[int, int], tuple[City, Renderer]] = self.__dict__.setdefault(
             "_regions", OrderedDict()
@@ -180,7 +180,7 @@ class Project:
 
     @cached_property
     def renderer(self) -> Renderer:
-        from .render import Renderer
+        from isonyc_dagster.render import Renderer
 
         return Renderer(self.city(), self.geometry)
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from isonyc_dagster.config import MapConfig
-from isonyc_dagster.geometry import MapGeometry
+from isonyc_dagster.geo.config import MapConfig
+from isonyc_dagster.geo.geometry import MapGeometry
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from isonyc_dagster.config import MapConfig, ProjectConfig
-from isonyc_dagster.geometry import MapGeometry
+from isonyc_dagster.geo.config import MapConfig, ProjectConfig
+from isonyc_dagster.geo.geometry import MapGeometry
 
 
 def rect_bounds_geojson(path: Path, x0: int, y0: int, x1: int, y1: int, inset_px: float = 16.0) -> Path:

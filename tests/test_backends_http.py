@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from isonyc_dagster.backends._http import (
+from isonyc_dagster.backends.transport import (
     CallFailed,
     CircuitBreaker,
     HttpSettings,
@@ -21,8 +21,7 @@ from isonyc_dagster.backends._http import (
     split_http_settings,
     validate_image,
 )
-
-from .fake_apis import png_bytes
+from tests.fake_apis import png_bytes
 
 
 def _img(w: int = 32, h: int = 24, mode: str = "RGB", fmt: str = "PNG") -> bytes:

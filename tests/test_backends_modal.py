@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from isonyc_dagster.backends._http import HttpSettings
 from isonyc_dagster.backends.base import BackendError, GenerationRequest
 from isonyc_dagster.backends.modal import DEFAULT_PROMPT, ModalBackend
-
-from .fake_apis import FakeModal, edit_template, make_template
+from isonyc_dagster.backends.transport import HttpSettings
+from tests.fake_apis import FakeModal, edit_template, make_template
 
 KEY_ID = "wk-TOKENID-0123456789"
 KEY_SECRET = "ws-TOKENSECRET-abcdefghijklmnop"

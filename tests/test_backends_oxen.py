@@ -10,11 +10,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from isonyc_dagster.backends._http import HttpSettings
 from isonyc_dagster.backends.base import BackendError, GenerationRequest
 from isonyc_dagster.backends.oxen import GCSTemplateUploader, OxenBackend
-
-from .fake_apis import FakeOxen, edit_template, gcs_emulator, make_template
+from isonyc_dagster.backends.transport import HttpSettings
+from tests.fake_apis import FakeOxen, edit_template, gcs_emulator, make_template
 
 API_KEY = "oxen-SECRET-KEY-1234567890"
 BUCKET = "isonyc-infills-test"

@@ -6,8 +6,7 @@ import pytest
 
 from isonyc_dagster.backends.base import GenerationRequest, ImageBackend
 from isonyc_dagster.backends.registry import BACKENDS, make_backend
-
-from .fake_apis import FakeModal, edit_template, gcs_emulator, make_template
+from tests.fake_apis import FakeModal, edit_template, gcs_emulator, make_template
 
 
 def test_modal_from_flat_settings_with_generic_secret_names():

@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from isonyc_dagster.backends._http import HttpSettings
 from isonyc_dagster.backends.base import BackendError, GenerationRequest
+from isonyc_dagster.backends.transport import HttpSettings
 from isonyc_dagster.backends.vertex import VertexBackend
-
-from .fake_apis import FakeVertex, edit_template, make_template
+from tests.fake_apis import FakeVertex, edit_template, make_template
 
 TOKEN = "ya29.FAKE-ACCESS-TOKEN-abcdefghijklmnop"
 FAST = HttpSettings(timeout_s=1.0, connect_timeout_s=0.5, backoff_base_s=0.01, breaker_threshold=50)

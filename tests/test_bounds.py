@@ -11,8 +11,8 @@ import shapely
 from shapely import affinity
 from shapely.geometry import Polygon, mapping
 
-from isonyc_dagster.bounds import BoundsError, load_bounds, preset_polygon, quadrants_for_bounds
-from isonyc_dagster.geometry import MapGeometry
+from isonyc_dagster.geo.bounds import BoundsError, load_bounds, preset_polygon, quadrants_for_bounds
+from isonyc_dagster.geo.geometry import MapGeometry
 from tests.conftest import geodata_file
 
 

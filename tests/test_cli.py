@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from isonyc_dagster.surfaces import Surface, classes_from_rgb
+from isonyc_dagster.geo.surfaces import Surface, classes_from_rgb
 from tests.conftest import geodata_file
 
 REPO = Path(__file__).resolve().parents[1]

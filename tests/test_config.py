@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from isonyc_dagster.config import ConfigError, MapConfig, load_map_config, load_project_config
+from isonyc_dagster.geo.config import ConfigError, MapConfig, load_map_config, load_project_config
 
 
 def test_production_defaults() -> None:

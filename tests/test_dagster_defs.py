@@ -10,11 +10,11 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from isonyc_dagster.definitions import build_definitions
-from isonyc_dagster.partitions import key2, parse_key2
-from isonyc_dagster.plan import StepKind
+from isonyc_dagster.defs.definitions import build_definitions
+from isonyc_dagster.defs.partitions import key2, parse_key2
+from isonyc_dagster.defs.sensors import STEP_ASSETS
+from isonyc_dagster.generate.plan import StepKind
 from isonyc_dagster.project import Project
-from isonyc_dagster.sensors import STEP_ASSETS
 from tests.dagster_helpers import project_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -138,7 +138,7 @@ def test_step_without_context_fails_fast_and_generates_nothing(tmp_path: Path, i
 
 
 def test_scheduler_caps_runs_in_flight(tmp_path: Path, instance, monkeypatch: pytest.MonkeyPatch) -> None:
-    from isonyc_dagster.sensors import wave_run_requests
+    from isonyc_dagster.defs.sensors import wave_run_requests
 
     cfg = project_config(tmp_path, 0, 0, 20, 11)  # 252 quadrants: 2 render runs, 2 water-mask runs later
     defs = build_definitions(cfg)

@@ -9,8 +9,7 @@ from shapely.geometry import Point
 from isonyc_dagster.geodata._common import GeodataError
 from isonyc_dagster.geodata.land import land_polygon, water_polygon
 from isonyc_dagster.geodata.vector import read_vector
-
-from .conftest import geodata_file
+from tests.conftest import geodata_file
 
 
 def _pt(geometry, lng: float, lat: float) -> Point:

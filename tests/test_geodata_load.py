@@ -10,9 +10,8 @@ import shapely
 
 from isonyc_dagster.geodata.load import GeodataError, load_city, parse_source
 from isonyc_dagster.geodata.socrata import SocrataClient
-
-from .conftest import geodata_file
-from .socrata_server import SocrataTestServer
+from tests.conftest import geodata_file
+from tests.socrata_server import SocrataTestServer
 
 
 @pytest.fixture

@@ -13,8 +13,7 @@ from isonyc_dagster.geodata._common import GeodataError
 from isonyc_dagster.geodata.load import load_city
 from isonyc_dagster.geodata.model import DEFAULT_UNKNOWN_HEIGHT_M
 from isonyc_dagster.geodata.osm import read_osm
-
-from .conftest import geodata_file
+from tests.conftest import geodata_file
 
 
 @pytest.fixture(scope="module")

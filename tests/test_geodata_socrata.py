@@ -19,9 +19,8 @@ from isonyc_dagster.geodata.socrata import (
     fetch_table,
     read_socrata_buildings,
 )
-
-from .conftest import geodata_file
-from .socrata_server import SocrataTestServer
+from tests.conftest import geodata_file
+from tests.socrata_server import SocrataTestServer
 
 RAW = "midtown_east_buildings_socrata_raw.geojson"
 TOKEN = "test-app-token-9f3b2c"

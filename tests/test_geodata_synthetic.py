@@ -115,7 +115,7 @@ def test_bad_windows(geometry):
 
 def test_no_sliver_buildings_on_the_shoreline(geometry):
     """At the Battery (shoreline, piers), buildings whose lot is mostly in the water are dropped, not cut to slivers."""
-    from isonyc_dagster.bounds import preset_polygon, quadrants_for_bounds
+    from isonyc_dagster.geo.bounds import preset_polygon, quadrants_for_bounds
     from isonyc_dagster.project import ground_window
 
     window = ground_window(geometry, quadrants_for_bounds(geometry, preset_polygon("demo")).bbox)

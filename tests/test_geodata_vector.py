@@ -18,8 +18,7 @@ from shapely.geometry import Polygon, box, shape
 from isonyc_dagster.geodata._common import GeodataError, parse_length
 from isonyc_dagster.geodata.model import DEFAULT_UNKNOWN_HEIGHT_M
 from isonyc_dagster.geodata.vector import read_vector
-
-from .conftest import geodata_file
+from tests.conftest import geodata_file
 
 
 def _features(path: Path) -> list[dict]:

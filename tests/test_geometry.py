@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from pyproj import Geod
 
-from isonyc_dagster.config import MapConfig
-from isonyc_dagster.geometry import MapGeometry
+from isonyc_dagster.geo.config import MapConfig
+from isonyc_dagster.geo.geometry import MapGeometry
 
 # All of NYC (the five boroughs' bbox, slightly enlarged).
 NYC_LNG = (-74.27, -73.69)

@@ -14,11 +14,10 @@ import pytest
 from PIL import Image
 
 from inference.server import QwenLoraPipeline, create_app
-from isonyc_dagster.backends._http import HttpSettings
 from isonyc_dagster.backends.base import BackendError, GenerationRequest
 from isonyc_dagster.backends.modal import ModalBackend
-
-from .fake_apis import edit_template, make_template, png_bytes, serve_asgi
+from isonyc_dagster.backends.transport import HttpSettings
+from tests.fake_apis import edit_template, make_template, png_bytes, serve_asgi
 
 
 class TinyPipeline:

@@ -9,13 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from isonyc_dagster.backends._http import HttpSettings
 from isonyc_dagster.backends.base import BackendError, GenerationRequest, GenerationResult, ImageBackend
 from isonyc_dagster.backends.modal import ModalBackend
-from isonyc_dagster.candidates import candidate_seeds, generate_candidates
-from isonyc_dagster.pilot import draw_red_border, run_pilot
-
-from .fake_apis import png_bytes, serve_asgi
+from isonyc_dagster.backends.transport import HttpSettings
+from isonyc_dagster.generate.candidates import candidate_seeds, generate_candidates
+from isonyc_dagster.generate.pilot import draw_red_border, run_pilot
+from tests.fake_apis import png_bytes, serve_asgi
 
 T = 64  # tile size in these tests (production: 512)
 

@@ -9,9 +9,9 @@ import dagster as dg
 import numpy as np
 from PIL import Image
 
-from isonyc_dagster.config import ProjectConfig
-from isonyc_dagster.definitions import build_definitions
-from isonyc_dagster.seams import DEFAULT_THRESHOLD
+from isonyc_dagster.defs.definitions import build_definitions
+from isonyc_dagster.generate.seams import DEFAULT_THRESHOLD
+from isonyc_dagster.geo.config import ProjectConfig
 from tests.test_cli import isonyc
 
 

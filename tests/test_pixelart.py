@@ -19,13 +19,12 @@ from shapely.geometry import box
 
 from isonyc_dagster.backends import _pixelart_palette as pal
 from isonyc_dagster.backends.base import BackendError, GenerationRequest
-from isonyc_dagster.backends.pixelart import PixelArtBackend, StyleParams
+from isonyc_dagster.backends.pixelart.backend import PixelArtBackend, StyleParams
+from isonyc_dagster.geo.surfaces import Surface
 from isonyc_dagster.geodata.load import load_city
 from isonyc_dagster.geodata.model import Building, City, Park
 from isonyc_dagster.render import Renderer, RenderResult
-from isonyc_dagster.surfaces import Surface
-
-from .conftest import geodata_file
+from tests.conftest import geodata_file
 
 RED = np.array([255, 0, 0], np.uint8)
 WATER_RGB = np.array([0x4A, 0x63, 0x72])
@@ -218,8 +217,8 @@ def test_a_lattice_plan_mosaic_equals_one_big_generation(backend, midtown, citic
     """Run a real 3×3-quadrant plan (block, two bridges, corner) through the real template builder and
     output validation; the stitched map must equal generating the whole area at once, except within
     a few pixels of the block's window edges."""
-    from isonyc_dagster.plan import LatticePlan
-    from isonyc_dagster.template import build_template, extract_quadrants
+    from isonyc_dagster.generate.plan import LatticePlan
+    from isonyc_dagster.generate.template import build_template, extract_quadrants
 
     qx, qy = citicorp_origin[0] // 512, citicorp_origin[1] // 512
     renders: dict[tuple[int, int], RenderResult] = {}
@@ -446,8 +445,9 @@ def test_without_aux_the_template_render_colours_drive_the_look(backend, tile):
 
 
 def test_buildings_without_aux_get_ids_and_heights_from_the_render(geometry):
-    from isonyc_dagster.backends._pixelart_style import Camera
-    from isonyc_dagster.backends.pixelart import infer_buffers
+    from isonyc_dagster.backends.pixelart.backend.style import Camera
+
+    from isonyc_dagster.backends.pixelart.backend import infer_buffers
 
     fp = shapely.affinity.rotate(box(-18, -12, 18, 12), -29, origin=(0, 0))
     city = City(

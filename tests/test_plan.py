@@ -11,7 +11,7 @@ import random
 
 import pytest
 
-from isonyc_dagster.plan import LatticePlan, PlanError, Step, StepKind, check_step_legal
+from isonyc_dagster.generate.plan import LatticePlan, PlanError, Step, StepKind, check_step_legal
 
 Q = 512
 DIRS = ((-1, 0), (1, 0), (0, -1), (0, 1))

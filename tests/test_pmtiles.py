@@ -10,11 +10,10 @@ from PIL import Image
 from pmtiles.reader import MmapSource, Reader, all_tiles
 from pmtiles.tile import Compression, TileType
 
-from isonyc_dagster.pmtiles_export import export_pmtiles
-from isonyc_dagster.pyramid import PyramidError, build_pyramid
+from isonyc_dagster.publish.pmtiles import export_pmtiles
+from isonyc_dagster.publish.pyramid import PyramidError, build_pyramid
 from isonyc_dagster.store.local import LocalTileStore
-
-from .test_pyramid import decode_rgba, fill_store
+from tests.test_pyramid import decode_rgba, fill_store
 
 GRID = (-2, 3, 2, 5)  # 5 × 3 quadrants → zooms 0..3 (ceil(log2 5) = 3)
 KEYS = [(x, y) for y in range(3, 6) for x in range(-2, 3) if (x, y) != (0, 4)]

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import isonyc_dagster.project as project_mod
-from isonyc_dagster.bounds import preset_polygon, quadrants_for_bounds
-from isonyc_dagster.config import ProjectConfig
+from isonyc_dagster.geo.bounds import preset_polygon, quadrants_for_bounds
+from isonyc_dagster.geo.config import ProjectConfig
 from isonyc_dagster.project import Project, ground_window
 from tests.conftest import geodata_file
 from tests.dagster_helpers import project_config

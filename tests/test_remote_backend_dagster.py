@@ -9,8 +9,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from isonyc_dagster.config import ProjectConfig
-from isonyc_dagster.definitions import build_definitions
+from isonyc_dagster.defs.definitions import build_definitions
+from isonyc_dagster.geo.config import ProjectConfig
 from isonyc_dagster.project import Project
 from tests.dagster_helpers import project_config
 from tests.fake_apis import FakeModal
@@ -92,7 +92,7 @@ def test_k_candidates_keep_the_best_seams_and_store_all(
 ) -> None:
     """K = 3 on a bridge (context on both sides): three model calls with different seeds, every candidate stored
     with its seam scores, and the active generation is the candidate with the lowest worst-seam score."""
-    from isonyc_dagster.resources import GeneratorResource
+    from isonyc_dagster.defs.resources import GeneratorResource
 
     with FakeModal() as api:
         monkeypatch.setenv("ISONYC_MODAL_URL", f"{api.url}/edit_b64")

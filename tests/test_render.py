@@ -9,12 +9,11 @@ import pytest
 import shapely
 from shapely.geometry import MultiPolygon, Polygon, box
 
+from isonyc_dagster.geo.surfaces import PALETTE, Surface
 from isonyc_dagster.geodata.load import load_city
 from isonyc_dagster.geodata.model import Building, City, Park, Road
 from isonyc_dagster.render import Renderer, RenderResult, stable_building_id
-from isonyc_dagster.surfaces import PALETTE, Surface
-
-from .conftest import geodata_file
+from tests.conftest import geodata_file
 
 CITICORP = (40.7583, -73.9702)
 

@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 from shapely.geometry import box
 
+from isonyc_dagster.geo.surfaces import PALETTE, Surface, classes_from_rgb
 from isonyc_dagster.geodata.model import Building, City, Road
 from isonyc_dagster.render import Renderer, RenderResult, png_bytes, render_png_preview
-from isonyc_dagster.surfaces import PALETTE, Surface, classes_from_rgb
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from isonyc_dagster.seams import DEFAULT_THRESHOLD, aggregate, score_step_seams, seam_components, seam_score
-
-from .conftest import STYLE
+from isonyc_dagster.generate.seams import (
+    DEFAULT_THRESHOLD,
+    aggregate,
+    score_step_seams,
+    seam_components,
+    seam_score,
+)
+from tests.conftest import STYLE
 
 
 def pixel_art(h: int = 128, w: int = 256, seed: int = 0) -> np.ndarray:
@@ -147,7 +152,7 @@ def test_on_real_pixel_art_true_cuts_rank_below_foreign_content():
 def test_continuity_mask_ignores_scene_edges_on_the_quadrant_line() -> None:
     """A wall corner lying exactly on the quadrant line is scenery: masked out. A real seam (a brightness shift where
     the render continues across) still scores high."""
-    from isonyc_dagster.seams import continuity_mask
+    from isonyc_dagster.generate.seams import continuity_mask
 
     h = w = 64
     rng = np.random.default_rng(0)

@@ -25,8 +25,7 @@ from isonyc_dagster.store import open_store
 from isonyc_dagster.store.base import QuadrantFlags, StoreError, TileStore, TileWrite, Water
 from isonyc_dagster.store.gcs import GCSTileStore
 from isonyc_dagster.store.local import MIGRATIONS, SCHEMA_VERSION, LocalTileStore
-
-from .test_store_gcs import GcsEmulator, make_png
+from tests.test_store_gcs import GcsEmulator, make_png
 
 BACKENDS = ["local", "gcs"]
 

@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from isonyc_dagster.plan import LatticePlan, StepKind
-from isonyc_dagster.surfaces import PALETTE, Surface
-from isonyc_dagster.template import (
+from isonyc_dagster.generate.plan import LatticePlan, StepKind
+from isonyc_dagster.generate.template import (
     ContextMissing,
     OutputRejected,
     RenderMissing,
@@ -22,6 +21,7 @@ from isonyc_dagster.template import (
     extract_quadrants,
     png_bytes,
 )
+from isonyc_dagster.geo.surfaces import PALETTE, Surface
 
 Q = 512
 RED = np.array([255, 0, 0], np.uint8)
@@ -348,8 +348,7 @@ def test_real_render_template_and_aux_line_up_with_a_window_render(geometry):
 
     from isonyc_dagster.geodata.model import City
     from isonyc_dagster.render import Renderer
-
-    from .conftest import geodata_file
+    from tests.conftest import geodata_file
 
     fc = json.loads(geodata_file("midtown_east_land_nybb.geojson").read_text())
 

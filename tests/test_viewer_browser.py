@@ -17,12 +17,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from isonyc_dagster.pyramid import build_pyramid, read_sidecar
-from isonyc_dagster.serve import MapServer, start_server
+from isonyc_dagster.publish.pyramid import build_pyramid, read_sidecar
+from isonyc_dagster.publish.serve import MapServer, start_server
+from isonyc_dagster.publish.viewer import ViewerError, find_openseadragon, write_viewer
 from isonyc_dagster.store.local import LocalTileStore
-from isonyc_dagster.viewer import ViewerError, find_openseadragon, write_viewer
-
-from .test_pyramid import DETAIL, LINE, fill_store, quadrant_colours, rgb_codes
+from tests.test_pyramid import DETAIL, LINE, fill_store, quadrant_colours, rgb_codes
 
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOT = Path("/tmp/viewer_screenshot.png")

@@ -10,11 +10,7 @@ import pytest
 import shapely
 from shapely.geometry import box, shape
 
-from isonyc_dagster.geodata.model import City
-from isonyc_dagster.render import Renderer
-from isonyc_dagster.store.base import Water
-from isonyc_dagster.surfaces import Surface
-from isonyc_dagster.water import (
+from isonyc_dagster.generate.water import (
     WATER_RGB,
     classify_water,
     fill_water,
@@ -24,8 +20,11 @@ from isonyc_dagster.water import (
     surface_with_margin,
     water_mask,
 )
-
-from .conftest import geodata_file
+from isonyc_dagster.geo.surfaces import Surface
+from isonyc_dagster.geodata.model import City
+from isonyc_dagster.render import Renderer
+from isonyc_dagster.store.base import Water
+from tests.conftest import geodata_file
 
 W, L = int(Surface.WATER), int(Surface.GROUND)
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from isonyc_dagster.generate.water import WATER_RGB
 from isonyc_dagster.store.local import LocalTileStore
-from isonyc_dagster.water import WATER_RGB
 from tests.test_cli import isonyc
 
 

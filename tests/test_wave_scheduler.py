@@ -14,13 +14,13 @@ import pytest
 from dagster._core.definitions.data_version import StaleStatus
 from dagster._utils.test.data_versions import get_stale_status_resolver
 
-from isonyc_dagster.definitions import build_definitions
-from isonyc_dagster.driver import drive
-from isonyc_dagster.partitions import key2, parse_key2
-from isonyc_dagster.plan import StepKind
+from isonyc_dagster.defs.definitions import build_definitions
+from isonyc_dagster.defs.driver import drive
+from isonyc_dagster.defs.partitions import key2, parse_key2
+from isonyc_dagster.defs.resources import GeneratorResource
+from isonyc_dagster.defs.sensors import STEP_ASSETS, wave_run_requests
+from isonyc_dagster.generate.plan import StepKind
 from isonyc_dagster.project import Project
-from isonyc_dagster.resources import GeneratorResource
-from isonyc_dagster.sensors import STEP_ASSETS, wave_run_requests
 from tests.dagster_helpers import project_config
 
 pytestmark = pytest.mark.slow

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import random
 
-from isonyc_dagster.plan import LatticePlan, StepKind
-from isonyc_dagster.waves import Progress, complete, ready, rect_keys, rectangles
+from isonyc_dagster.generate.plan import LatticePlan, StepKind
+from isonyc_dagster.generate.waves import Progress, complete, ready, rect_keys, rectangles
 
 
 def test_rectangles_cover_exactly_and_respect_the_cap() -> None:

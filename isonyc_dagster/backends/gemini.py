@@ -19,10 +19,10 @@ from typing import Any
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr
 
-from . import _http
-from ._http import AttemptError, HttpSettings, ResilientTransport
-from .base import BackendError, GenerationRequest, GenerationResult, ImageBackend
-from .modal import new_seed
+from isonyc_dagster.backends import _http
+from isonyc_dagster.backends.base import BackendError, GenerationRequest, GenerationResult, ImageBackend
+from isonyc_dagster.backends.modal import new_seed
+from isonyc_dagster.backends.transport import AttemptError, HttpSettings, ResilientTransport
 
 #: Style-transfer instructions (the original's "PIXEL ART STYLE TRANSFER TASK", without image labels).
 DEFAULT_PROMPT = """PIXEL ART STYLE TRANSFER TASK.

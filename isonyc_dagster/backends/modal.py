@@ -19,9 +19,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from . import _http
-from ._http import AttemptError, HttpSettings, ResilientTransport
-from .base import GenerationRequest, GenerationResult, ImageBackend
+from isonyc_dagster.backends import _http
+from isonyc_dagster.backends.base import GenerationRequest, GenerationResult, ImageBackend
+from isonyc_dagster.backends.transport import AttemptError, HttpSettings, ResilientTransport
 
 #: The prompt the "omni" LoRAs were trained with (anchor §4.2).
 DEFAULT_PROMPT = (

@@ -24,10 +24,10 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from . import _http
-from ._http import HttpSettings, ResilientTransport
-from .base import BackendError, GenerationRequest, GenerationResult, ImageBackend
-from .modal import DEFAULT_PROMPT
+from isonyc_dagster.backends import _http
+from isonyc_dagster.backends.base import BackendError, GenerationRequest, GenerationResult, ImageBackend
+from isonyc_dagster.backends.modal import DEFAULT_PROMPT
+from isonyc_dagster.backends.transport import HttpSettings, ResilientTransport
 
 log = logging.getLogger("isonyc_dagster.backends.oxen")
 

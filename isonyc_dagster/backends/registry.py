@@ -6,12 +6,12 @@ import importlib
 import inspect
 from typing import Any
 
-from ._http import HttpSettings, split_http_settings
-from .base import ImageBackend
+from isonyc_dagster.backends.base import ImageBackend
+from isonyc_dagster.backends.transport import HttpSettings, split_http_settings
 
 #: name → (module, class). Imported lazily: the offline path must not pay for HTTP/GCS imports.
 BACKENDS: dict[str, tuple[str, str]] = {
-    "pixelart": ("isonyc_dagster.backends.pixelart", "PixelArtBackend"),
+    "pixelart": ("isonyc_dagster.backends.pixelart.backend", "PixelArtBackend"),
     "modal": ("isonyc_dagster.backends.modal", "ModalBackend"),
     "oxen": ("isonyc_dagster.backends.oxen", "OxenBackend"),
     "gemini": ("isonyc_dagster.backends.gemini", "GeminiBackend"),
@@ -75,14 +75,14 @@ def make_backend(name: str, **settings: Any) -> ImageBackend:
             raise ValueError(
                 "backend 'oxen' needs uploader= or bucket= (the GCS bucket for short-lived templates)"
             )
-        from .oxen import GCSTemplateUploader
+        from isonyc_dagster.backends.oxen import GCSTemplateUploader
 
         up_kwargs = {"prefix": rest.pop("uploader_prefix", "isonyc-templates/")}
         if "url_ttl_s" in rest:
             up_kwargs["url_ttl_s"] = rest.pop("url_ttl_s")
         rest["uploader"] = GCSTemplateUploader(rest.pop("bucket"), **up_kwargs)
     if name == "vertex" and rest.get("token_provider") is None:
-        from .vertex import google_auth_token_provider
+        from isonyc_dagster.backends.vertex import google_auth_token_provider
 
         rest["token_provider"] = google_auth_token_provider()
     valid = [p for p in params if p != "self" and params[p].kind is not inspect.Parameter.VAR_KEYWORD]

@@ -25,13 +25,18 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from . import _http
-from ._http import AttemptError, CallFailed, HttpSettings, ResilientTransport
-from .base import BackendError, GenerationRequest, GenerationResult, ImageBackend
-from .gemini import DEFAULT_PROMPT as GEMINI_PROMPT
-from .gemini import aspect_ratio, build_generate_content, check_style_refs, extract_image
-from .modal import DEFAULT_PROMPT as INFILL_PROMPT
-from .modal import new_seed
+from isonyc_dagster.backends import _http
+from isonyc_dagster.backends.base import BackendError, GenerationRequest, GenerationResult, ImageBackend
+from isonyc_dagster.backends.gemini import DEFAULT_PROMPT as GEMINI_PROMPT
+from isonyc_dagster.backends.gemini import (
+    aspect_ratio,
+    build_generate_content,
+    check_style_refs,
+    extract_image,
+)
+from isonyc_dagster.backends.modal import DEFAULT_PROMPT as INFILL_PROMPT
+from isonyc_dagster.backends.modal import new_seed
+from isonyc_dagster.backends.transport import AttemptError, CallFailed, HttpSettings, ResilientTransport
 
 
 def google_auth_token_provider(

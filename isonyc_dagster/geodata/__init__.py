@@ -1,5 +1,5 @@
 """Geodata: one normalized city model and the readers that fill it."""
 
-from .model import Building, City, Park, Road
+from isonyc_dagster.geodata.model import Building, City, Park, Road
 
 __all__ = ["Building", "City", "Park", "Road"]

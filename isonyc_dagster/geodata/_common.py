@@ -22,8 +22,8 @@ from pyproj.exceptions import CRSError
 from shapely.geometry import MultiPolygon, Polygon
 from shapely.geometry.base import BaseGeometry
 
-from ..geometry import MapGeometry
-from .model import DEFAULT_UNKNOWN_HEIGHT_M, Building, Park, Road
+from isonyc_dagster.geo.geometry import MapGeometry
+from isonyc_dagster.geodata.model import DEFAULT_UNKNOWN_HEIGHT_M, Building, Park, Road
 
 log = logging.getLogger("isonyc_dagster.geodata")
 

@@ -23,10 +23,16 @@ import shapely
 from shapely.geometry import MultiPolygon, Polygon
 from shapely.geometry.base import BaseGeometry
 
-from ..config import LatLng, MapConfig
-from ..geometry import MapGeometry
-from ._common import ATTRIBUTION_DCP, GeodataError, parse_crs, polygonal, project_to_ground
-from .vector import read_vector
+from isonyc_dagster.geo.config import LatLng, MapConfig
+from isonyc_dagster.geo.geometry import MapGeometry
+from isonyc_dagster.geodata._common import (
+    ATTRIBUTION_DCP,
+    GeodataError,
+    parse_crs,
+    polygonal,
+    project_to_ground,
+)
+from isonyc_dagster.geodata.vector import read_vector
 
 NYC_LAND = "nyc"
 LandSpec = Literal["nyc"] | str | Path | None

@@ -18,14 +18,14 @@ from pathlib import Path
 import shapely
 from shapely.geometry.base import BaseGeometry
 
-from ..geometry import MapGeometry
-from ._common import KINDS, FeatureSet, GeodataError, ReadReport, polygonal
-from .land import NYC_LAND, LandSpec, clip_land, land_attribution, land_polygon
-from .model import City
-from .osm import OSM_SUFFIXES, is_osm_path, read_osm
-from .socrata import DEFAULT_BASE_URL, SocrataClient, read_socrata_buildings
-from .synthetic import synthetic_city
-from .vector import VECTOR_SUFFIXES, read_vector
+from isonyc_dagster.geo.geometry import MapGeometry
+from isonyc_dagster.geodata._common import KINDS, FeatureSet, GeodataError, ReadReport, polygonal
+from isonyc_dagster.geodata.land import NYC_LAND, LandSpec, clip_land, land_attribution, land_polygon
+from isonyc_dagster.geodata.model import City
+from isonyc_dagster.geodata.osm import OSM_SUFFIXES, is_osm_path, read_osm
+from isonyc_dagster.geodata.socrata import DEFAULT_BASE_URL, SocrataClient, read_socrata_buildings
+from isonyc_dagster.geodata.synthetic import synthetic_city
+from isonyc_dagster.geodata.vector import VECTOR_SUFFIXES, read_vector
 
 __all__ = ["GeodataError", "load_city", "parse_source", "read_sources"]
 

@@ -24,8 +24,8 @@ import osmium
 import shapely
 from shapely.geometry.base import BaseGeometry
 
-from ..geometry import MapGeometry
-from ._common import (
+from isonyc_dagster.geo.geometry import MapGeometry
+from isonyc_dagster.geodata._common import (
     ATTRIBUTION_OSM,
     Columns,
     FeatureSet,
@@ -40,7 +40,7 @@ from ._common import (
     repair_polygons,
     unique_ids,
 )
-from .model import Building
+from isonyc_dagster.geodata.model import Building
 
 OSM_SUFFIXES = (".osm.pbf", ".pbf", ".osm", ".osm.gz", ".osm.bz2")
 

@@ -37,9 +37,9 @@ import tenacity
 from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 
-from ..backends._http import parse_retry_after
-from ..geometry import MapGeometry
-from ._common import (
+from isonyc_dagster.backends.transport import parse_retry_after
+from isonyc_dagster.geo.geometry import MapGeometry
+from isonyc_dagster.geodata._common import (
     ATTRIBUTION_DOITT,
     Columns,
     FeatureSet,

@@ -23,10 +23,10 @@ import shapely
 from shapely.geometry import LineString, Polygon
 from shapely.geometry.base import BaseGeometry
 
-from ..geometry import MapGeometry
-from ._common import LEVEL_HEIGHT_M, GeodataError, polygonal
-from .land import NYC_LAND, LandSpec, land_polygon
-from .model import Building, City, Park, Road
+from isonyc_dagster.geo.geometry import MapGeometry
+from isonyc_dagster.geodata._common import LEVEL_HEIGHT_M, GeodataError, polygonal
+from isonyc_dagster.geodata.land import NYC_LAND, LandSpec, land_polygon
+from isonyc_dagster.geodata.model import Building, City, Park, Road
 
 GRID_ANGLE_DEG = 29.0  # avenues, clockwise from true north (Manhattan's "grid north")
 AVENUE_SPACING_M = 280.0

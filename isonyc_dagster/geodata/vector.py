@@ -31,8 +31,8 @@ from pyogrio.errors import DataSourceError
 from pyproj import Transformer
 from shapely.geometry.base import BaseGeometry
 
-from ..geometry import MapGeometry
-from ._common import (
+from isonyc_dagster.geo.geometry import MapGeometry
+from isonyc_dagster.geodata._common import (
     ATTRIBUTION_DCP,
     ATTRIBUTION_DOITT,
     ATTRIBUTION_OSM,

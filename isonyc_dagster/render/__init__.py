@@ -9,8 +9,8 @@ Public API::
     blob = res.to_npz(); RenderResult.from_npz(blob)
 """
 
-from .renderer import MAX_WINDOW_PX, Renderer
-from .result import RenderResult, png_bytes, render_png_preview, stable_building_id
+from isonyc_dagster.render.renderer import MAX_WINDOW_PX, Renderer
+from isonyc_dagster.render.result import RenderResult, png_bytes, render_png_preview, stable_building_id
 
 __all__ = [
     "MAX_WINDOW_PX",

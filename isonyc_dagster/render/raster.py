@@ -24,7 +24,7 @@ import math
 import numpy as np
 from numba import njit
 
-from ..surfaces import Surface
+from isonyc_dagster.geo.surfaces import Surface
 
 # Plain ints: numba freezes module globals into the compiled kernels as constants.
 ROOF = int(Surface.ROOF)

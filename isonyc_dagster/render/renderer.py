@@ -27,10 +27,10 @@ import shapely
 from shapely.geometry import MultiPolygon, Polygon
 from shapely.geometry.base import BaseGeometry
 
-from ..geodata.model import City
-from ..geometry import MapGeometry
-from ..surfaces import PALETTE, Surface
-from .result import RenderResult, stable_building_id
+from isonyc_dagster.geo.geometry import MapGeometry
+from isonyc_dagster.geo.surfaces import PALETTE, Surface
+from isonyc_dagster.geodata.model import City
+from isonyc_dagster.render.result import RenderResult, stable_building_id
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -98,7 +98,7 @@ class Renderer:
     def __init__(self, city: City, geometry: MapGeometry) -> None:
         # numba is imported here, not at module import: it costs ~1 s, and modules that only need
         # RenderResult/png_bytes (Dagster definitions, the store) should not pay it.
-        from . import raster
+        from isonyc_dagster.render import raster
 
         self._raster: ModuleType = raster
         self.city = city

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..images import png_bytes as _png_bytes
-from ..surfaces import PALETTE
+from isonyc_dagster.geo.surfaces import PALETTE
+from isonyc_dagster.images import png_bytes as _png_bytes
 
 _NPZ_FORMAT = 1
 _ARRAYS = ("rgb", "surface", "building", "height")
@@ -133,7 +133,7 @@ def stable_building_id(building_id: str) -> int:
 
 def summarize(surface: np.ndarray, building: np.ndarray) -> dict[str, Any]:
     """Stats every result carries: which classes cover how many pixels, how many buildings show."""
-    from ..surfaces import Surface
+    from isonyc_dagster.geo.surfaces import Surface
 
     counts = np.bincount(surface.ravel(), minlength=len(Surface))
     classes = {Surface(i).name.lower(): int(c) for i, c in enumerate(counts) if c}

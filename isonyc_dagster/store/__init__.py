@@ -1,6 +1,6 @@
 """Tile store: content-addressed PNG blobs + a versioned index per (layer, x, y)."""
 
-from .base import QuadrantFlags, StoreError, TileStore, TileVersion, Water
+from isonyc_dagster.store.base import QuadrantFlags, StoreError, TileStore, TileVersion, Water
 
 __all__ = ["QuadrantFlags", "StoreError", "TileStore", "TileVersion", "Water", "open_store"]
 
@@ -8,9 +8,9 @@ __all__ = ["QuadrantFlags", "StoreError", "TileStore", "TileVersion", "Water", "
 def open_store(uri: str) -> TileStore:
     """Open a store from a local directory path or a ``gs://bucket/prefix`` URI."""
     if uri.startswith("gs://"):
-        from .gcs import GCSTileStore
+        from isonyc_dagster.store.gcs import GCSTileStore
 
         return GCSTileStore.from_uri(uri)
-    from .local import LocalTileStore
+    from isonyc_dagster.store.local import LocalTileStore
 
     return LocalTileStore(uri)

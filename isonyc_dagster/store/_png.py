@@ -19,7 +19,7 @@ from typing import Any
 
 from PIL import Image, ImageFile
 
-from .base import StoreError, TileWrite
+from isonyc_dagster.store.base import StoreError, TileWrite
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: 8-bit and bilevel modes: what the renderer, the models and the pyramid exporter read. 16-bit and float

@@ -55,7 +55,7 @@ from typing import Any, TypeVar
 from google.api_core import exceptions as gexc
 from google.cloud import storage
 
-from ._png import (
+from isonyc_dagster.store._png import (
     PreparedWrite,
     canonical_json,
     check_ext,
@@ -68,8 +68,8 @@ from ._png import (
     sha256_hex,
     validate_png,
 )
-from .base import QuadrantFlags, StoreError, TileStore, TileVersion, TileWrite, Water
-from .local import SCHEMA_VERSION, SqliteIndex, check_bbox, check_flag_args
+from isonyc_dagster.store.base import QuadrantFlags, StoreError, TileStore, TileVersion, TileWrite, Water
+from isonyc_dagster.store.local import SCHEMA_VERSION, SqliteIndex, check_bbox, check_flag_args
 
 log = logging.getLogger(__name__)
 

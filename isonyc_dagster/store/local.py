@@ -27,7 +27,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._png import (
+from isonyc_dagster.store._png import (
     PreparedWrite,
     check_ext,
     check_key,
@@ -39,7 +39,7 @@ from ._png import (
     sha256_hex,
     validate_png,
 )
-from .base import QuadrantFlags, StoreError, TileStore, TileVersion, TileWrite, Water
+from isonyc_dagster.store.base import QuadrantFlags, StoreError, TileStore, TileVersion, TileWrite, Water
 
 BUSY_TIMEOUT_S = 30.0
 

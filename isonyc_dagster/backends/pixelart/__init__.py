@@ -1,0 +1,1 @@
+"""The offline pixel-art backend: palette, procedural style and noise behind ``PixelArtBackend``."""

@@ -1,0 +1,5 @@
+import sys
+
+from isonyc_dagster.cli.main import main
+
+sys.exit(main())

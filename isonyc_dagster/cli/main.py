@@ -1,0 +1,208 @@
+"""The ``isonyc`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from isonyc_dagster.geo.config import ConfigError, ProjectConfig, load_project_config
+
+
+def _project_config(args: argparse.Namespace) -> ProjectConfig:
+    import os
+
+    from isonyc_dagster.project import CONFIG_ENV
+
+    return load_project_config(args.config or os.environ.get(CONFIG_ENV) or None)
+
+
+def _print_json(obj: object) -> None:
+    print(json.dumps(obj, indent=2))
+
+
+def cmd_locate(args: argparse.Namespace) -> int:
+    from isonyc_dagster.geo.geometry import MapGeometry
+
+    _print_json(MapGeometry(_project_config(args).map).locate(args.lat, args.lng, args.height))
+    return 0
+
+
+def cmd_quadrant(args: argparse.Namespace) -> int:
+    from isonyc_dagster.geo.geometry import MapGeometry
+
+    _print_json(MapGeometry(_project_config(args).map).quadrant_info(args.x, args.y))
+    return 0
+
+
+def cmd_bounds(args: argparse.Namespace) -> int:
+    from isonyc_dagster.project import Project
+
+    project = Project(_project_config(args))
+    qs = project.quadrants
+    x0, y0, x1, y1 = qs.bbox
+    out = {
+        "bounds": project.config.bounds,
+        "quadrants": len(qs),
+        "bbox": {"x0": x0, "y0": y0, "x1": x1, "y1": y1},
+        "pixels": {"width": (x1 - x0 + 1) * project.geometry.q, "height": (y1 - y0 + 1) * project.geometry.q},
+        "generation_steps": len(project.plan.steps),
+    }
+    if args.keys:
+        out["keys"] = [list(k) for k in qs.keys]
+    _print_json(out)
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from isonyc_dagster.geo.geometry import MapGeometry
+    from isonyc_dagster.geodata.load import load_city
+    from isonyc_dagster.project import ground_window
+    from isonyc_dagster.render import Renderer
+
+    cfg = _project_config(args)
+    geometry = MapGeometry(cfg.map)
+    n = 2 if args.tile else 1
+    bbox = (args.x, args.y, args.x + n - 1, args.y + n - 1)
+    sources = args.geodata if args.geodata is not None else cfg.geodata
+    city = load_city(geometry, sources, window=ground_window(geometry, bbox))
+    renderer = Renderer(city, geometry)
+    result = renderer.render_tile(args.x, args.y) if args.tile else renderer.render_quadrant(args.x, args.y)
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(result.rgb).save(out, format="PNG")
+    if args.aux:
+        Path(args.aux).write_bytes(result.to_npz())
+    _print_json(
+        {
+            "output": str(out),
+            "size": list(result.rgb.shape[1::-1]),
+            "synthetic": city.synthetic,
+            **{k: v for k, v in result.stats.items() if isinstance(v, (int, float, str, list))},
+        }
+    )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from isonyc_dagster.cli.demo import run_demo
+
+    return run_demo(out_dir=Path(args.out) if args.out else None, config_path=args.config, port=args.port)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from isonyc_dagster.publish.serve import serve
+
+    serve(Path(args.directory), host=args.host, port=args.port)
+    return 0
+
+
+def cmd_pilot(args: argparse.Namespace) -> int:
+    from isonyc_dagster.cli.pilot import run_pilot_cli
+
+    return run_pilot_cli(args, _project_config(args))
+
+
+def cmd_water(args: argparse.Namespace) -> int:
+    from isonyc_dagster.cli.water import run_water_cli
+
+    return run_water_cli(args, _project_config(args))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="isonyc", description="Isometric pixel-art NYC, orchestrated by Dagster."
+    )
+    p.add_argument("--config", help="project config (TOML/JSON); default $ISONYC_CONFIG or the embedded demo")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("locate", help="which quadrant and pixel show a ground point (JSON)")
+    s.add_argument("lat", type=float)
+    s.add_argument("lng", type=float)
+    s.add_argument("--height", type=float, default=0.0, help="height above ground in metres")
+    s.set_defaults(func=cmd_locate)
+
+    s = sub.add_parser("quadrant", help="ground corners and centre of a quadrant in lat/lng (JSON)")
+    s.add_argument("x", type=int)
+    s.add_argument("y", type=int)
+    s.set_defaults(func=cmd_quadrant)
+
+    s = sub.add_parser("bounds", help="the quadrants of the configured bounds (JSON)")
+    s.add_argument("--keys", action="store_true", help="list every quadrant key")
+    s.set_defaults(func=cmd_bounds)
+
+    s = sub.add_parser("render", help="render one quadrant (or a 2×2 tile) of the whitebox model to PNG")
+    s.add_argument("x", type=int)
+    s.add_argument("y", type=int)
+    s.add_argument("-o", "--output", required=True, help="output PNG")
+    s.add_argument(
+        "--geodata", nargs="*", default=None, help="vector/OSM files (default: config, else synthetic)"
+    )
+    s.add_argument("--aux", help="also write the surface/building/height buffers as .npz")
+    s.add_argument(
+        "--tile", action="store_true", help="render the 2×2 tile whose top-left quadrant is (X, Y)"
+    )
+    s.set_defaults(func=cmd_render)
+
+    s = sub.add_parser("demo", help="run the whole pipeline on the configured area through Dagster, offline")
+    s.add_argument(
+        "--out", default=None, help="where the map (DZI + viewer) goes (default: the config's output_dir)"
+    )
+    s.add_argument("--port", type=int, default=8000, help="port suggested for `isonyc serve`")
+    s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("serve", help="serve a built map directory on 127.0.0.1")
+    s.add_argument("directory")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("pilot", help="seam pilot: K candidates per tile, scored against accepted neighbours")
+    s.add_argument("--x0", type=int, required=True)
+    s.add_argument("--y0", type=int, required=True)
+    s.add_argument("--w", type=int, required=True)
+    s.add_argument("--h", type=int, required=True)
+    s.add_argument("--k", type=int, default=3)
+    s.add_argument("--overlap-px", type=int, default=8)
+    s.add_argument("--out", required=True)
+    s.add_argument(
+        "--backend", default="local", choices=["local", "pixelart", "modal", "oxen", "gemini", "vertex"]
+    )
+    s.add_argument("--geodata", nargs="*", default=None)
+    s.set_defaults(func=cmd_pilot)
+
+    s = sub.add_parser("water", help="water repair tools on stored generations")
+    wsub = s.add_subparsers(dest="water_command", required=True)
+    w = wsub.add_parser("fill", help="fill a quadrant (or a rectangle of quadrants) with water colour")
+    w.add_argument("x", type=int)
+    w.add_argument("y", type=int)
+    w.add_argument("--to", nargs=2, type=int, metavar=("X1", "Y1"), help="fill the rectangle (x,y)…(X1,Y1)")
+    w.add_argument("--color", default="#4A6372")
+    w.add_argument("--mask-only", action="store_true", help="only where the geometry says water")
+    w.set_defaults(func=cmd_water)
+    w = wsub.add_parser("replace-color", help="softly replace a colour by the water colour in a quadrant")
+    w.add_argument("x", type=int)
+    w.add_argument("y", type=int)
+    w.add_argument("--target", required=True, help="colour to replace, e.g. #4B6A7C")
+    w.add_argument("--color", default="#4A6372")
+    w.add_argument("--softness", type=float, default=30.0)
+    w.set_defaults(func=cmd_water)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        print(f"isonyc {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""The map outputs: ``dzi_pyramid`` (Deep Zoom + the OpenSeadragon viewer) and ``pmtiles_archive``."""
+
+from pathlib import Path
+
+import dagster as dg
+
+from isonyc_dagster.defs.assets.steps import GENERATION_LAYER
+from isonyc_dagster.defs.resources import ProjectResource
+from isonyc_dagster.publish.pmtiles import export_pmtiles
+from isonyc_dagster.publish.pyramid import build_pyramid
+
+
+def build_export_assets() -> list[dg.AssetsDefinition]:
+    @dg.asset(name="dzi_pyramid", deps=["generation"], group_name="export", compute_kind="pyvips")
+    def dzi_pyramid(context: dg.AssetExecutionContext, project: ProjectResource) -> dg.MaterializeResult:
+        """Bring the Deep Zoom pyramid up to date: only tiles above changed quadrants are rewritten."""
+        from isonyc_dagster.publish.viewer import ViewerError, write_viewer
+
+        p = project.get()
+        out = Path(p.config.output_dir)
+        meta = {
+            "map": p.config.map.model_dump(mode="json"),
+            "attribution": p.city().attribution or None,
+            "dagster_url": p.config.dagster_url,
+            "dagster_asset": "generation",
+            "partition_key_template": "{x}|{y}",
+        }
+        info = build_pyramid(
+            p.store,
+            out,
+            grid=p.quadrants.bbox,
+            layer=GENERATION_LAYER,
+            meta={k: v for k, v in meta.items() if v is not None},
+        )
+        viewer = None
+        try:
+            viewer = write_viewer(out, info.name)
+        except ViewerError as e:
+            context.log.warning("pyramid built, viewer not written: %s", e)
+        s = info.stats
+        return dg.MaterializeResult(
+            metadata={
+                "dzi": dg.MetadataValue.path(str(info.dzi_path)),
+                "viewer": dg.MetadataValue.path(str(viewer)) if viewer else "not written (run `npm ci`)",
+                "levels": len(info.levels),
+                "size_px": f"{info.layout.width}×{info.layout.height}",
+                "tiles_written": s.tiles_written,
+                "tiles_skipped": s.tiles_skipped,
+                "seconds": round(s.seconds, 3),
+            }
+        )
+
+    @dg.asset(name="pmtiles_archive", deps=["dzi_pyramid"], group_name="export", compute_kind="pmtiles")
+    def pmtiles_archive(project: ProjectResource) -> dg.MaterializeResult:
+        """The same lossless tiles as one PMTiles file, for single-file hosting."""
+        p = project.get()
+        out = Path(p.config.output_dir)
+        info = export_pmtiles(out, out / f"{p.config.map.name}.pmtiles", name=p.config.map.name)
+        return dg.MaterializeResult(
+            metadata={"path": dg.MetadataValue.path(str(info.path)), "tiles": info.tiles, "bytes": info.bytes}
+        )
+
+    return [dzi_pyramid, pmtiles_archive]

@@ -1,0 +1,237 @@
+"""The wave scheduler: a sensor that fills the configured bounds in a seam-free order, by itself.
+
+Each tick it reads what is materialized and what is in flight from the Dagster instance (so it survives daemon
+restarts: it keeps no state of its own), asks ``waves.ready`` what may start now, and requests one run per rectangle
+of ready partitions per asset. Failed runs are retried with exponential cooldown, at most ``MAX_ATTEMPTS`` times.
+When everything is generated it refreshes the map (pyramid + PMTiles) once the generations are newer than it.
+"""
+
+import os
+import time
+from collections import Counter
+from collections.abc import Iterator
+
+import dagster as dg
+
+from isonyc_dagster.defs.partitions import key2, parse_key2
+from isonyc_dagster.defs.resources import ProjectResource
+from isonyc_dagster.generate.plan import StepKind
+from isonyc_dagster.generate.waves import Progress, complete, ready, rect_keys, rectangles
+from isonyc_dagster.project import Project
+
+SCHEDULER_TAG = "isonyc/scheduler"
+ASSET_TAG = "isonyc/asset"
+RANGE_START = "dagster/asset_partition_range_start"
+RANGE_END = "dagster/asset_partition_range_end"
+PARTITION_TAG = "dagster/partition"
+
+STEP_ASSETS = {
+    StepKind.BLOCK: "blocks",
+    StepKind.BRIDGE_V: "bridges_v",
+    StepKind.BRIDGE_H: "bridges_h",
+    StepKind.CORNER: "corners",
+}
+EXPORT_ASSETS = ("dzi_pyramid", "pmtiles_archive")
+#: Partitions per run: bounded so one run stays minutes long and a failure loses little.
+MAX_PER_RUN = {"render": 128, "water_mask": 128, "generation": 128, "steps": 32}
+MAX_ATTEMPTS = 5
+COOLDOWN_S = 30.0
+
+
+def job_name(asset: str) -> str:
+    """The asset job the scheduler uses for an asset (or "export" for the map outputs)."""
+    return f"{asset}_job"
+
+
+def build_jobs() -> list:
+    """One asset job per scheduled asset: a sensor may only target jobs of a single partitions definition each."""
+    jobs = [
+        dg.define_asset_job(job_name("geodata"), selection=["geodata"]),
+        dg.define_asset_job(job_name("export"), selection=list(EXPORT_ASSETS)),
+    ]
+    for asset in ("render", "generation", "water_mask"):
+        jobs.append(dg.define_asset_job(job_name(asset), selection=[asset]))
+    for asset in STEP_ASSETS.values():
+        jobs.append(dg.define_asset_job(job_name(asset), selection=[asset]))
+    return jobs
+
+
+IN_FLIGHT = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
+
+
+def _run_keys(tags: dict[str, str]) -> set[tuple[int, int]]:
+    if RANGE_START in tags and RANGE_END in tags:
+        a0, b0 = parse_key2(tags[RANGE_START])
+        a1, b1 = parse_key2(tags[RANGE_END])
+        return rect_keys((a0, b0, a1, b1))
+    if PARTITION_TAG in tags:
+        return {parse_key2(tags[PARTITION_TAG])}
+    return set()
+
+
+def _add(progress: Progress, asset: str, keys: set[tuple[int, int]]) -> None:
+    for kind, name in STEP_ASSETS.items():
+        if asset == name:
+            progress.steps[kind] |= keys
+            return
+    if asset in ("render", "generation", "water_mask"):
+        getattr(progress, asset).update(keys)
+
+
+def materialized(instance: dg.DagsterInstance) -> Progress:
+    done = Progress()
+    for asset in ("render", "generation", "water_mask", *STEP_ASSETS.values()):
+        keys = instance.get_materialized_partitions(dg.AssetKey(asset))
+        _add(done, asset, {parse_key2(k) for k in keys})
+    return done
+
+
+def _scheduler_runs(instance: dg.DagsterInstance, statuses: list[dg.DagsterRunStatus]) -> list:
+    return list(instance.get_run_records(dg.RunsFilter(statuses=statuses, tags={SCHEDULER_TAG: "wave"})))
+
+
+def in_flight(runs: list) -> Progress:
+    """Keys of the scheduler's queued and running runs (never requested twice)."""
+    busy = Progress()
+    for rec in runs:
+        tags = rec.dagster_run.tags
+        _add(busy, tags.get(ASSET_TAG, ""), _run_keys(tags))
+    return busy
+
+
+def cooling_down(instance: dg.DagsterInstance, now: float | None = None) -> tuple[Progress, list[str]]:
+    """Keys whose last scheduled run failed recently (exponential cooldown) or too often (given up)."""
+    now = time.time() if now is None else now
+    failures: Counter[tuple[str, tuple[int, int]]] = Counter()
+    last: dict[tuple[str, tuple[int, int]], float] = {}
+    records = instance.get_run_records(
+        dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE], tags={SCHEDULER_TAG: "wave"}), limit=2000
+    )
+    for rec in records:
+        tags = rec.dagster_run.tags
+        ended = rec.end_time or rec.create_timestamp.timestamp()
+        for k in _run_keys(tags):
+            failures[(tags.get(ASSET_TAG, ""), k)] += 1
+            last[(tags.get(ASSET_TAG, ""), k)] = max(last.get((tags.get(ASSET_TAG, ""), k), 0.0), ended)
+    blocked, given_up = Progress(), []
+    for (asset, k), n in failures.items():
+        if n >= MAX_ATTEMPTS:
+            given_up.append(f"{asset}[{k[0]}|{k[1]}]")
+            _add(blocked, asset, {k})
+        elif now - last[(asset, k)] < COOLDOWN_S * 2 ** (n - 1):
+            _add(blocked, asset, {k})
+    return blocked, given_up
+
+
+def _merge(a: Progress, b: Progress) -> Progress:
+    out = Progress(
+        render=a.render | b.render,
+        generation=a.generation | b.generation,
+        water_mask=a.water_mask | b.water_mask,
+    )
+    out.steps = {k: a.steps[k] | b.steps[k] for k in StepKind}
+    return out
+
+
+def _requests(asset: str, keys: set[tuple[int, int]], max_area: int, wave: str) -> Iterator[dg.RunRequest]:
+    for a0, b0, a1, b1 in rectangles(keys, max_area):
+        tags = {SCHEDULER_TAG: "wave", ASSET_TAG: asset, "isonyc/wave": wave}
+        if (a0, b0) == (a1, b1):
+            yield dg.RunRequest(job_name=job_name(asset), partition_key=key2(a0, b0), tags=tags)
+        else:
+            tags |= {RANGE_START: key2(a0, b0), RANGE_END: key2(a1, b1)}
+            yield dg.RunRequest(job_name=job_name(asset), tags=tags)
+
+
+def max_runs_in_flight() -> int:
+    """How many scheduler runs may be queued or running at once (``$ISONYC_MAX_RUNS_IN_FLIGHT``, default 4)."""
+    return max(1, int(os.environ.get("ISONYC_MAX_RUNS_IN_FLIGHT", "4")))
+
+
+def _request(asset: str) -> dg.RunRequest:
+    return dg.RunRequest(
+        job_name=job_name(asset), tags={SCHEDULER_TAG: "wave", ASSET_TAG: asset, "isonyc/wave": asset}
+    )
+
+
+def wave_run_requests(project: Project, instance: dg.DagsterInstance) -> tuple[list[dg.RunRequest], str]:
+    """The runs to start now (at most ``max_runs_in_flight`` in flight), and a one-line summary of the state."""
+    running = _scheduler_runs(instance, IN_FLIGHT)
+    running_assets = {r.dagster_run.tags.get(ASSET_TAG) for r in running}
+    slots = max_runs_in_flight() - len(running)
+    if instance.get_latest_materialization_event(dg.AssetKey("geodata")) is None:
+        if "geodata" in running_assets:
+            return [], "waiting for geodata"
+        return [_request("geodata")], "geodata not prepared yet"
+    busy = in_flight(running)
+    done = materialized(instance)
+    blocked, given_up = cooling_down(instance)
+    req = ready(project.plan, project.quadrants.keys, done, _merge(busy, blocked))
+    out: list[dg.RunRequest] = []
+    # Deepest waves first, so areas finish (and their context is used) before new areas start.
+    for kind in (StepKind.CORNER, StepKind.BRIDGE_V, StepKind.BRIDGE_H, StepKind.BLOCK):
+        out += _requests(STEP_ASSETS[kind], req.steps[kind], MAX_PER_RUN["steps"], str(kind.wave))
+    out += _requests("generation", req.generation, MAX_PER_RUN["generation"], "publish")
+    out += _requests("render", req.render, MAX_PER_RUN["render"], "render")
+    out += _requests("water_mask", req.water_mask, MAX_PER_RUN["water_mask"], "water")
+    n_steps = len(project.plan.steps)
+    n_done = sum(len(v) for v in done.steps.values())
+    summary = (
+        f"rendered {len(done.render & set(project.quadrants.keys))}/{len(project.quadrants)}, "
+        f"steps {n_done}/{n_steps}, generated {len(done.generation)}/{len(project.quadrants)}"
+    )
+    if given_up:
+        summary += f"; gave up after {MAX_ATTEMPTS} failures: {', '.join(given_up[:10])}"
+    if (
+        not out
+        and not running
+        and complete(project.plan, project.quadrants.keys, done)
+        and _export_stale(instance)
+    ):
+        out.append(_request("export"))
+    if len(out) > max(slots, 0):
+        summary += f"; {len(out) - max(slots, 0)} more run(s) wait for a free slot"
+        out = out[: max(slots, 0)]
+    return out, summary
+
+
+def _export_stale(instance: dg.DagsterInstance) -> bool:
+    """The map is older than the newest generation (and its last refresh did not just fail)."""
+    gen = instance.get_latest_materialization_event(dg.AssetKey("generation"))
+    if gen is None:
+        return False
+    dzi = instance.get_latest_materialization_event(dg.AssetKey("dzi_pyramid"))
+    if dzi is not None and gen.timestamp <= dzi.timestamp:
+        return False
+    failed = [
+        r
+        for r in _scheduler_runs(instance, [dg.DagsterRunStatus.FAILURE])
+        if r.dagster_run.tags.get(ASSET_TAG) == "export"
+    ]
+    latest = max(((r.end_time or 0.0) for r in failed), default=0.0)
+    return time.time() - latest > COOLDOWN_S
+
+
+def build_wave_scheduler(jobs: list) -> dg.SensorDefinition:
+    @dg.sensor(
+        name="wave_scheduler",
+        minimum_interval_seconds=15,
+        default_status=dg.DefaultSensorStatus.STOPPED,
+        jobs=jobs,
+        description="Fills the configured bounds by itself: renders, then blocks → bridges → corners (each only "
+        "after its context exists), publishes quadrants, water masks, and refreshes the map.",
+    )
+    def wave_scheduler(context: dg.SensorEvaluationContext, project: ProjectResource) -> dg.SensorResult:
+        requests, summary = wave_run_requests(project.get(), context.instance)
+        context.log.info("%s; requesting %d run(s)", summary, len(requests))
+        return dg.SensorResult(
+            run_requests=requests, skip_reason=None if requests else dg.SkipReason(summary)
+        )
+
+    return wave_scheduler

@@ -29,10 +29,9 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from isonyc_dagster.backends.pixelart.backend.style import stylize  # noqa: E402
-
 from isonyc_dagster.backends.base import GenerationRequest  # noqa: E402
 from isonyc_dagster.backends.pixelart.backend import PixelArtBackend  # noqa: E402
+from isonyc_dagster.backends.pixelart.style import stylize  # noqa: E402
 from isonyc_dagster.geo.config import MapConfig  # noqa: E402
 from isonyc_dagster.geo.geometry import MapGeometry  # noqa: E402
 from isonyc_dagster.geodata.load import load_city  # noqa: E402

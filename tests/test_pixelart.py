@@ -17,8 +17,8 @@ from PIL import Image
 from scipy import ndimage
 from shapely.geometry import box
 
-from isonyc_dagster.backends import _pixelart_palette as pal
 from isonyc_dagster.backends.base import BackendError, GenerationRequest
+from isonyc_dagster.backends.pixelart import palette as pal
 from isonyc_dagster.backends.pixelart.backend import PixelArtBackend, StyleParams
 from isonyc_dagster.geo.surfaces import Surface
 from isonyc_dagster.geodata.load import load_city
@@ -445,9 +445,8 @@ def test_without_aux_the_template_render_colours_drive_the_look(backend, tile):
 
 
 def test_buildings_without_aux_get_ids_and_heights_from_the_render(geometry):
-    from isonyc_dagster.backends.pixelart.backend.style import Camera
-
     from isonyc_dagster.backends.pixelart.backend import infer_buffers
+    from isonyc_dagster.backends.pixelart.style import Camera
 
     fp = shapely.affinity.rotate(box(-18, -12, 18, 12), -29, origin=(0, 0))
     city = City(

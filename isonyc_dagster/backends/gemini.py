@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr
 
-from isonyc_dagster.backends import _http
+from isonyc_dagster.backends import transport
 from isonyc_dagster.backends.base import BackendError, GenerationRequest, GenerationResult, ImageBackend
 from isonyc_dagster.backends.modal import new_seed
 from isonyc_dagster.backends.transport import AttemptError, HttpSettings, ResilientTransport
@@ -119,11 +119,11 @@ def build_generate_content(
     parts: list[dict[str, Any]] = [
         {"text": text},
         {"text": "Image A (template):"},
-        {"inline_data": {"mime_type": "image/png", "data": _http.b64(request.template_png)}},
+        {"inline_data": {"mime_type": "image/png", "data": transport.b64(request.template_png)}},
     ]
     for i, ref in enumerate(style_refs):
         label = "Image B (style reference):" if i == 0 else f"Style reference {i + 1}:"
-        parts += [{"text": label}, {"inline_data": {"mime_type": "image/png", "data": _http.b64(ref)}}]
+        parts += [{"text": label}, {"inline_data": {"mime_type": "image/png", "data": transport.b64(ref)}}]
     image_config: dict[str, Any] = {"aspectRatio": aspect}
     if image_size:
         image_config["imageSize"] = image_size
@@ -139,9 +139,9 @@ def build_generate_content(
 
 def extract_image(
     data: Any, *, what: str, expected_size: tuple[int, int], formats: tuple[str, ...]
-) -> tuple[_http.CheckedImage, str | None]:
+) -> tuple[transport.CheckedImage, str | None]:
     """The answer image of a ``generateContent`` response (validated), and the model version."""
-    resp: GenerateContentResponse = _http.parse_model(GenerateContentResponse, data, what=what)
+    resp: GenerateContentResponse = transport.parse_model(GenerateContentResponse, data, what=what)
     if resp.prompt_feedback and resp.prompt_feedback.block_reason:
         raise AttemptError(f"{what}: prompt blocked ({resp.prompt_feedback.block_reason})", transient=False)
     if not resp.candidates:
@@ -159,10 +159,10 @@ def extract_image(
             transient=not blocked,
         )
     try:
-        raw = _http.decode_b64(images[0].data, what=f"{what} image")
-    except _http.InvalidImage as e:
+        raw = transport.decode_b64(images[0].data, what=f"{what} image")
+    except transport.InvalidImage as e:
         raise AttemptError(str(e), transient=True) from None
-    return _http.checked(
+    return transport.checked(
         raw, expected_size=expected_size, what=f"{what} image", formats=formats
     ), resp.model_version
 
@@ -170,8 +170,8 @@ def extract_image(
 def check_style_refs(refs: tuple[bytes, ...], *, backend: str) -> None:
     for i, ref in enumerate(refs):
         try:
-            _http.validate_image(ref, expected_size=None, what=f"style reference {i}")
-        except _http.InvalidImage as e:
+            transport.validate_image(ref, expected_size=None, what=f"style reference {i}")
+        except transport.InvalidImage as e:
             raise BackendError(f"{backend}: bad request: {e}") from None
 
 
@@ -219,7 +219,7 @@ class GeminiBackend(ImageBackend):
 
     def generate(self, request: GenerationRequest) -> GenerationResult:
         start = time.monotonic()
-        size = _http.template_size(request, backend=self.name)
+        size = transport.template_size(request, backend=self.name)
         side = _IMAGE_SIZE_SIDE.get(self.image_size or "", 0)
         if side and (size[0] != size[1] or size[0] != side):
             # Fail before paying for a call whose answer could only be refused (we never resize).
@@ -246,7 +246,7 @@ class GeminiBackend(ImageBackend):
         url = f"{self.base_url}/{self.api_version}/models/{self.model_id}:generateContent"
         headers = {"x-goog-api-key": self._api_key.get_secret_value(), "Content-Type": "application/json"}
 
-        def attempt() -> tuple[_http.CheckedImage, str | None]:
+        def attempt() -> tuple[transport.CheckedImage, str | None]:
             data = self.transport.request_json(
                 "POST", url, what="generateContent", json=body, headers=headers
             )
@@ -255,16 +255,16 @@ class GeminiBackend(ImageBackend):
             )
 
         (image, model_version), attempts = self.transport.call(attempt, what="generateContent")
-        provenance = _http.base_provenance(self.name, self.model_id, request)
+        provenance = transport.base_provenance(self.name, self.model_id, request)
         provenance.update(
             seed=seed,
-            latency_s=_http.monotonic_latency(start),
+            latency_s=transport.monotonic_latency(start),
             attempts=attempts,
             model_version=model_version,
             style_refs=len(refs),
-            style_refs_sha256=[_http.sha256(r) for r in refs],
+            style_refs_sha256=[transport.sha256(r) for r in refs],
             output_format=image.source_format,
-            output_sha256=_http.sha256(image.png),
+            output_sha256=transport.sha256(image.png),
         )
         return GenerationResult(image.png, provenance)
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from isonyc_dagster.backends import _http
+from isonyc_dagster.backends import transport
 from isonyc_dagster.backends.base import GenerationRequest, GenerationResult, ImageBackend
 from isonyc_dagster.backends.transport import AttemptError, HttpSettings, ResilientTransport
 
@@ -96,10 +96,10 @@ class ModalBackend(ImageBackend):
 
     def generate(self, request: GenerationRequest) -> GenerationResult:
         start = time.monotonic()
-        size = _http.template_size(request, backend=self.name)
+        size = transport.template_size(request, backend=self.name)
         seed = request.seed if request.seed is not None else new_seed()
         payload = {
-            "image_b64": _http.b64(request.template_png),
+            "image_b64": transport.b64(request.template_png),
             "prompt": request.prompt or self.default_prompt,
             "negative_prompt": request.negative_prompt or None,
             "steps": self.steps,
@@ -109,32 +109,32 @@ class ModalBackend(ImageBackend):
         }
         headers = self._headers()
 
-        def attempt() -> tuple[_http.CheckedImage, EditResponse]:
+        def attempt() -> tuple[transport.CheckedImage, EditResponse]:
             data = self.transport.request_json(
                 "POST", self.endpoint, what="edit_b64", json=payload, headers=headers
             )
-            resp = _http.parse_model(EditResponse, data, what="edit_b64")
+            resp = transport.parse_model(EditResponse, data, what="edit_b64")
             if resp.seed != seed:
                 raise AttemptError(
                     f"edit_b64: server used seed {resp.seed}, not the requested {seed}", transient=False
                 )
             try:
-                raw = _http.decode_b64(resp.image_b64, what="edit_b64 image")
-            except _http.InvalidImage as e:
+                raw = transport.decode_b64(resp.image_b64, what="edit_b64 image")
+            except transport.InvalidImage as e:
                 raise AttemptError(str(e), transient=True) from None
-            return _http.checked(raw, expected_size=size, what="edit_b64 image"), resp
+            return transport.checked(raw, expected_size=size, what="edit_b64 image"), resp
 
         (image, resp), attempts = self.transport.call(attempt, what="edit_b64")
-        provenance: dict[str, Any] = _http.base_provenance(self.name, resp.model_id or self.model_id, request)
+        provenance: dict[str, Any] = transport.base_provenance(self.name, resp.model_id or self.model_id, request)
         provenance.update(
             seed=seed,
-            latency_s=_http.monotonic_latency(start),
+            latency_s=transport.monotonic_latency(start),
             attempts=attempts,
             steps=self.steps,
             true_cfg_scale=self.true_cfg_scale,
             guidance_scale=self.guidance_scale,
             lora=resp.lora,
-            output_sha256=_http.sha256(image.png),
+            output_sha256=transport.sha256(image.png),
         )
         return GenerationResult(image.png, provenance)
 

@@ -24,7 +24,7 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from isonyc_dagster.backends import _http
+from isonyc_dagster.backends import transport
 from isonyc_dagster.backends.base import BackendError, GenerationRequest, GenerationResult, ImageBackend
 from isonyc_dagster.backends.modal import DEFAULT_PROMPT
 from isonyc_dagster.backends.transport import HttpSettings, ResilientTransport
@@ -193,7 +193,7 @@ class OxenBackend(ImageBackend):
 
     def generate(self, request: GenerationRequest) -> GenerationResult:
         start = time.monotonic()
-        size = _http.template_size(request, backend=self.name)
+        size = transport.template_size(request, backend=self.name)
         headers = {
             "Authorization": f"Bearer {self._api_key.get_secret_value()}",
             "Content-Type": "application/json",
@@ -227,29 +227,29 @@ class OxenBackend(ImageBackend):
                 data = self.transport.request_json(
                     "POST", url, what="images/edit", json=payload, headers=headers
                 )
-                return _http.parse_model(OxenEditResponse, data, what="images/edit")
+                return transport.parse_model(OxenEditResponse, data, what="images/edit")
 
             resp, attempts = self.transport.call(post, what="images/edit")
             result_url = resp.images[0].url
             redact.add(result_url)  # Oxen's URL may carry its own access token
             stack.callback(redact.discard, result_url)
 
-            def download() -> _http.CheckedImage:
+            def download() -> transport.CheckedImage:
                 # 403/404 right after the call: Oxen has not published the file yet (seen in the original).
                 raw = self.transport.download(result_url, what="result download", retry_statuses=(403, 404))
-                return _http.checked(raw, expected_size=size, what="oxen result image")
+                return transport.checked(raw, expected_size=size, what="oxen result image")
 
             image, dl_attempts = self.transport.call(
                 download, what="result download", max_attempts=self.download_attempts
             )
-        provenance = _http.base_provenance(self.name, self.model_id, request)
+        provenance = transport.base_provenance(self.name, self.model_id, request)
         provenance.update(
             seed=None,  # the Oxen edit API takes no seed; each call is a fresh sample
-            latency_s=_http.monotonic_latency(start),
+            latency_s=transport.monotonic_latency(start),
             attempts=attempts,
             download_attempts=dl_attempts,
             steps=self.steps,
-            output_sha256=_http.sha256(image.png),
+            output_sha256=transport.sha256(image.png),
         )
         return GenerationResult(image.png, provenance)
 

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from isonyc_dagster.backends import _http
+from isonyc_dagster.backends import transport
 from isonyc_dagster.backends.base import BackendError, GenerationRequest, GenerationResult, ImageBackend
 from isonyc_dagster.backends.gemini import DEFAULT_PROMPT as GEMINI_PROMPT
 from isonyc_dagster.backends.gemini import (
@@ -187,12 +187,12 @@ class VertexBackend(ImageBackend):
                             {
                                 "referenceType": "REFERENCE_TYPE_RAW",
                                 "referenceId": 1,
-                                "referenceImage": {"bytesBase64Encoded": _http.b64(request.template_png)},
+                                "referenceImage": {"bytesBase64Encoded": transport.b64(request.template_png)},
                             },
                             {
                                 "referenceType": "REFERENCE_TYPE_MASK",
                                 "referenceId": 2,
-                                "referenceImage": {"bytesBase64Encoded": _http.b64(mask)},
+                                "referenceImage": {"bytesBase64Encoded": transport.b64(mask)},
                                 "maskImageConfig": {"maskMode": "MASK_MODE_USER_PROVIDED", "dilation": 0.0},
                             },
                         ],
@@ -214,23 +214,23 @@ class VertexBackend(ImageBackend):
 
     def _call_model(
         self, model: str, request: GenerationRequest, size: tuple[int, int], seed: int, *, is_last: bool
-    ) -> tuple[_http.CheckedImage, str | None, int]:
+    ) -> tuple[transport.CheckedImage, str | None, int]:
         method, body = self._body(model, request, size, seed)
         url = self._url(model, method)
         seen_429 = 0
 
-        def attempt() -> tuple[_http.CheckedImage, str | None]:
+        def attempt() -> tuple[transport.CheckedImage, str | None]:
             headers = self._headers()
             data = self.transport.request_json(
                 "POST", url, what=f"{model}:{method}", json=body, headers=headers
             )
             if method == "predict":
-                resp: ImagenResponse = _http.parse_model(ImagenResponse, data, what=f"{model}:predict")
+                resp: ImagenResponse = transport.parse_model(ImagenResponse, data, what=f"{model}:predict")
                 try:
-                    raw = _http.decode_b64(resp.predictions[0].bytesBase64Encoded, what=f"{model} image")
-                except _http.InvalidImage as e:
+                    raw = transport.decode_b64(resp.predictions[0].bytesBase64Encoded, what=f"{model} image")
+                except transport.InvalidImage as e:
                     raise AttemptError(str(e), transient=True) from None
-                return _http.checked(
+                return transport.checked(
                     raw, expected_size=size, what=f"{model} image", formats=self.accept_formats
                 ), None
             return extract_image(
@@ -249,7 +249,7 @@ class VertexBackend(ImageBackend):
 
     def generate(self, request: GenerationRequest) -> GenerationResult:
         start = time.monotonic()
-        size = _http.template_size(request, backend=self.name)
+        size = transport.template_size(request, backend=self.name)
         refs = request.style_refs[: self.max_style_refs]
         if self.require_style_ref and not refs:
             raise BackendError(
@@ -289,17 +289,17 @@ class VertexBackend(ImageBackend):
                     circuit_open=e.circuit_open,
                 ) from None
             total_attempts += attempts
-            provenance = _http.base_provenance(self.name, model, request)
+            provenance = transport.base_provenance(self.name, model, request)
             provenance.update(
                 seed=seed,
-                latency_s=_http.monotonic_latency(start),
+                latency_s=transport.monotonic_latency(start),
                 attempts=total_attempts,
                 primary_model=self.model_id,
                 fallbacks=fallbacks,
                 model_version=version,
                 style_refs=len(refs) if not model.startswith("imagen") else 0,
                 output_format=image.source_format,
-                output_sha256=_http.sha256(image.png),
+                output_sha256=transport.sha256(image.png),
             )
             return GenerationResult(image.png, provenance)
         raise AssertionError("unreachable: the last model either returns or raises")

@@ -6,7 +6,7 @@ stylizes the render buffers (surface class, building id, visible height) the ste
 (or, without them, the classes recovered from the template's render colours).
 
 Why it is seam-free by construction: every texture, window grid, tree and rooftop object is a
-function of *world* pixel coordinates, building id and height (see ``_pixelart_noise``), never of the
+function of *world* pixel coordinates, building id and height (see ``noise``), never of the
 template window. Two steps that draw the same world pixel from the same render buffers pick the same
 colour, so the pixels a step generates next to its context are exactly the ones its neighbour would
 have drawn there. Local operators (outlines, rims, window piers) look ≤ 3 px around a pixel, and the
@@ -33,10 +33,10 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from isonyc_dagster.backends import _pixelart_palette as pal
 from isonyc_dagster.backends.base import BackendError, GenerationRequest, GenerationResult, ImageBackend
-from isonyc_dagster.backends.pixelart.backend.noise import bayer, hash_u32
-from isonyc_dagster.backends.pixelart.backend.style import MARGIN_PX, Camera, StyleParams, stylize
+from isonyc_dagster.backends.pixelart import palette as pal
+from isonyc_dagster.backends.pixelart.noise import bayer, hash_u32
+from isonyc_dagster.backends.pixelart.style import MARGIN_PX, Camera, StyleParams, stylize
 from isonyc_dagster.geo.config import MapConfig
 from isonyc_dagster.geo.geometry import MapGeometry
 from isonyc_dagster.geo.surfaces import PALETTE, Surface

@@ -1,7 +1,7 @@
 """Render buffers → isometric pixel art, as vectorized numpy over one rectangular region.
 
 Input: per-pixel surface class, building id and visible-point height of a region whose top-left is at
-world pixel (x0, y0). Output: palette indices (see ``_pixelart_palette``). Every texture and decision
+world pixel (x0, y0). Output: palette indices (see ``palette``). Every texture and decision
 is a function of world pixel coordinates, building id, height and a small neighbourhood of the buffers
 (≤ 3 px for outlines, rims and window piers; the road centre-line search looks ~12 m around), never of
 the region's position, so overlapping regions agree on every pixel whose neighbourhood they both see.
@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage
 
-from isonyc_dagster.backends import _pixelart_palette as pal
-from isonyc_dagster.backends.pixelart.backend.noise import hash_u32, hash_unit, value_noise
+from isonyc_dagster.backends.pixelart import palette as pal
+from isonyc_dagster.backends.pixelart.noise import hash_u32, hash_unit, value_noise
 from isonyc_dagster.geo.surfaces import Surface
 
 if TYPE_CHECKING:

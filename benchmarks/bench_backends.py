@@ -25,8 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from isonyc_dagster.backends.base import GenerationRequest  # noqa: E402
 from isonyc_dagster.backends.modal import ModalBackend  # noqa: E402
-from isonyc_dagster.backends.transport import HttpSettings, validate_image  # noqa: E402
+from isonyc_dagster.backends.transport import HttpSettings  # noqa: E402
+from isonyc_dagster.backends.validate import validate_image  # noqa: E402
 from isonyc_dagster.generate.seams import score_step_seams, seam_score  # noqa: E402
+from isonyc_dagster.images import png_bytes  # noqa: E402
 from tests.fake_apis import FakeModal, make_template  # noqa: E402
 
 
@@ -42,9 +44,7 @@ def timeit(fn, n: int) -> float:
 def main() -> int:
     rng = np.random.default_rng(0)
     blocks = rng.integers(0, 255, (128, 128, 3), dtype=np.uint8).repeat(8, 0).repeat(8, 1)  # pixel-art-like
-    buf = io.BytesIO()
-    Image.fromarray(blocks).save(buf, format="PNG")
-    png = buf.getvalue()
+    png = png_bytes(blocks)
 
     base = timeit(lambda: Image.open(io.BytesIO(png)).load(), 20)
     ours = timeit(lambda: validate_image(png, expected_size=(1024, 1024)), 20)

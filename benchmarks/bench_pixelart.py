@@ -15,7 +15,6 @@ Data is read in place from ../shared/geodata.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import statistics
 import sys
@@ -23,18 +22,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from isonyc_dagster.backends.base import GenerationRequest  # noqa: E402
-from isonyc_dagster.backends.pixelart.backend import PixelArtBackend  # noqa: E402
+from isonyc_dagster.backends.pixelart import PixelArtBackend  # noqa: E402
 from isonyc_dagster.backends.pixelart.style import stylize  # noqa: E402
 from isonyc_dagster.geo.config import MapConfig  # noqa: E402
 from isonyc_dagster.geo.geometry import MapGeometry  # noqa: E402
 from isonyc_dagster.geodata.load import load_city  # noqa: E402
+from isonyc_dagster.images import decode_rgb, png_bytes  # noqa: E402
 from isonyc_dagster.render import Renderer  # noqa: E402
 
 GEODATA = REPO.parent / "shared" / "geodata"
@@ -49,15 +46,8 @@ def best_of(n: int, fn: Callable[[], object], clock: Callable[[], float] = time.
     return min(times)
 
 
-def png(rgb: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG", compress_level=6)
-    return buf.getvalue()
-
-
 def png_roundtrip(data: bytes) -> None:
-    with Image.open(io.BytesIO(data)) as im:
-        png(np.asarray(im.convert("RGB")))
+    png_bytes(decode_rgb(data))
 
 
 def main() -> int:
@@ -101,7 +91,7 @@ def main() -> int:
         renderer.render_window(x0, y0, 1024, 1024)  # warm caches / JIT
         t_render = best_of(args.repeat, lambda r=renderer, x=x0, y=y0: r.render_window(x, y, 1024, 1024))
         res = renderer.render_window(x0, y0, 1024, 1024)
-        tmpl = png(res.rgb)
+        tmpl = png_bytes(res.rgb)
         req = GenerationRequest(
             template_png=tmpl,
             infill_box=infill,

@@ -89,7 +89,7 @@ def fill(root: Path, n: int) -> LocalTileStore:
 
 
 def child_ours(store_root: str, out: str, n: int) -> dict:
-    from isonyc_dagster.publish.pyramid import build_pyramid
+    from isonyc_dagster.publish.build import build_pyramid
 
     store = LocalTileStore(store_root)
     t0 = time.perf_counter()
@@ -184,7 +184,7 @@ def main() -> None:
     # Incremental: regenerate one quadrant, update; then a no-op rebuild.
     from PIL import Image
 
-    from isonyc_dagster.publish.pyramid import build_pyramid, update_pyramid
+    from isonyc_dagster.publish.build import build_pyramid, update_pyramid
 
     x, y = n // 3, n // 2
     rng = np.random.default_rng(time.time_ns())  # a new image every run, also with a reused --store

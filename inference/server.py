@@ -2,8 +2,8 @@
 
 Two layers:
 
-- :func:`create_app` — a plain FastAPI app around any *pipeline* (a callable taking a PIL image and
-  the generation parameters). It validates requests (base64, image format, size, steps and scale
+- :func:`create_app` — a plain FastAPI app around any *pipeline* (a callable taking a PIL image, the
+  validated request and the seed). It validates requests (base64, image format, size, steps and scale
   bounds) with clear 4xx errors, serialises GPU work, refuses to resize, and returns the seed it
   used. Tests run it on 127.0.0.1 with a tiny fake pipeline: no GPU, no Modal account.
 - The Modal deployment (``app`` / ``ImageEditor`` at the bottom), built only when this file is loaded by Modal
@@ -57,26 +57,9 @@ MAX_B64_CHARS = 24 * 1024 * 1024
 ACCEPTED_FORMATS = ("PNG",)
 
 
-class EditPipeline(Protocol):
-    """What the app needs from a model: ``__call__`` plus identifiers for provenance."""
-
-    model_id: str
-    lora: str
-
-    def __call__(
-        self,
-        image: Image.Image,
-        *,
-        prompt: str,
-        negative_prompt: str | None,
-        steps: int,
-        true_cfg_scale: float,
-        guidance_scale: float,
-        seed: int,
-    ) -> Image.Image: ...
-
-
 class EditRequest(BaseModel):
+    """One edit: the template and the generation parameters (``seed`` None = the server picks one)."""
+
     model_config = ConfigDict(extra="forbid")
 
     image_b64: str = Field(min_length=1, max_length=MAX_B64_CHARS, description="lossless PNG, base64")
@@ -93,6 +76,16 @@ class EditResponse(BaseModel):
     seed: int
     model_id: str
     lora: str
+
+
+class EditPipeline(Protocol):
+    """What the app needs from a model: ``__call__`` plus identifiers for provenance."""
+
+    model_id: str
+    lora: str
+
+    def __call__(self, image: Image.Image, req: EditRequest, seed: int) -> Image.Image:
+        """``image`` edited with ``req``'s prompt and parameters; ``seed`` replaces ``req.seed``."""
 
 
 def _decode_template(image_b64: str) -> Image.Image:
@@ -148,15 +141,7 @@ def create_app(pipeline: EditPipeline, *, title: str = "isonyc Qwen-Image-Edit +
         seed = req.seed if req.seed is not None else secrets.randbelow(2**32)
         started = time.monotonic()
         with gpu_lock:
-            out = pipeline(
-                image,
-                prompt=req.prompt,
-                negative_prompt=req.negative_prompt,
-                steps=req.steps,
-                true_cfg_scale=req.true_cfg_scale,
-                guidance_scale=req.guidance_scale,
-                seed=seed,
-            )
+            out = pipeline(image, req, seed)
         if out.size != image.size:
             raise HTTPException(
                 500,
@@ -227,30 +212,20 @@ class QwenLoraPipeline:
         self.model_id = f"{base_model}@{revision or 'main'}"
         self.lora = f"{lora_dir.name}/{weight_name}@sha256:{_file_sha256(weights)[:16]}"
 
-    def __call__(
-        self,
-        image: Image.Image,
-        *,
-        prompt: str,
-        negative_prompt: str | None,
-        steps: int,
-        true_cfg_scale: float,
-        guidance_scale: float,
-        seed: int,
-    ) -> Image.Image:
+    def __call__(self, image: Image.Image, req: EditRequest, seed: int) -> Image.Image:
         torch = self._torch
         generator = torch.Generator(device="cuda").manual_seed(seed)
         with torch.inference_mode():
             result = self.pipe(
                 image=image,
-                prompt=prompt,
-                negative_prompt=negative_prompt,
-                true_cfg_scale=true_cfg_scale,
                 height=image.height,  # explicit: the output must be the template's size
                 width=image.width,
-                num_inference_steps=steps,
-                guidance_scale=guidance_scale,
                 generator=generator,
+                prompt=req.prompt,
+                negative_prompt=req.negative_prompt,
+                true_cfg_scale=req.true_cfg_scale,
+                num_inference_steps=req.steps,
+                guidance_scale=req.guidance_scale,
             )
         return result.images[0]
 

@@ -43,14 +43,10 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from isonyc_dagster.images import decode_rgb, png_bytes
+
 # --------------------------------------------------------------------------------------------------
 # images
-
-
-def png_bytes(arr: np.ndarray) -> bytes:
-    out = io.BytesIO()
-    Image.fromarray(arr).save(out, format="PNG")
-    return out.getvalue()
 
 
 def make_template(
@@ -76,7 +72,7 @@ def make_template(
 
 def edit_template(template_png: bytes, seed: int | None = 0) -> bytes:
     """A plausible model edit: repaint the red-outlined box in a 4-level seed-tinted palette, border gone."""
-    arr = np.array(Image.open(io.BytesIO(template_png)).convert("RGB"))
+    arr = decode_rgb(template_png)
     red = (arr[..., 0] == 255) & (arr[..., 1] == 0) & (arr[..., 2] == 0)
     if red.any():
         ys, xs = np.nonzero(red)
@@ -94,11 +90,12 @@ def corrupt(kind: str, good_png: bytes) -> bytes:
     """The broken variants of an answer image used by the image faults."""
     if kind == "truncated":
         return good_png[: len(good_png) // 2]
-    im = Image.open(io.BytesIO(good_png)).convert("RGB")
+    arr = decode_rgb(good_png)
+    h, w = arr.shape[:2]
     if kind == "wrong_size":
-        return png_bytes(np.array(im)[: im.height // 2, : im.width // 2])
+        return png_bytes(arr[: h // 2, : w // 2])
     if kind == "transparent":
-        rgba = np.array(im.convert("RGBA"))
+        rgba = np.dstack([arr, np.full((h, w), 255, np.uint8)])
         rgba[0, 0, 3] = 0
         return png_bytes(rgba)
     raise ValueError(kind)
@@ -470,7 +467,7 @@ class FakeVertex(_GoogleFake):
                 )
             )
         )
-        arr = np.array(Image.open(io.BytesIO(raw)).convert("RGB"))
+        arr = decode_rgb(raw)
         arr[mask > 0] = (arr[mask > 0] // 64) * 64 + 32  # repaint exactly the masked area
         img = png_bytes(arr)
         if fault in IMAGE_FAULTS:

@@ -11,7 +11,8 @@ import pytest
 from isonyc_dagster.backends.base import BackendError, GenerationRequest
 from isonyc_dagster.backends.gemini import DEFAULT_PROMPT, GeminiBackend
 from isonyc_dagster.backends.transport import HttpSettings
-from tests.fake_apis import FakeGemini, edit_template, make_template, png_bytes
+from isonyc_dagster.images import png_bytes
+from tests.fake_apis import FakeGemini, edit_template, make_template
 
 API_KEY = "AIzaSy-FAKE-GEMINI-KEY-0123456789"
 FAST = HttpSettings(

@@ -14,14 +14,12 @@ from isonyc_dagster.backends.transport import (
     CallFailed,
     CircuitBreaker,
     HttpSettings,
-    InvalidImage,
     Redactor,
-    google_retry_delay,
-    parse_retry_after,
     split_http_settings,
-    validate_image,
 )
-from tests.fake_apis import png_bytes
+from isonyc_dagster.backends.validate import InvalidImage, validate_image
+from isonyc_dagster.images import png_bytes
+from isonyc_dagster.net import google_retry_delay, parse_retry_after
 
 
 def _img(w: int = 32, h: int = 24, mode: str = "RGB", fmt: str = "PNG") -> bytes:

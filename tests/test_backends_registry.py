@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from isonyc_dagster.backends.base import GenerationRequest, ImageBackend
+from isonyc_dagster.backends.base import BackendConfigError, BackendError, GenerationRequest, ImageBackend
 from isonyc_dagster.backends.registry import BACKENDS, make_backend
+from isonyc_dagster.errors import IsonycError
 from tests.fake_apis import FakeModal, edit_template, gcs_emulator, make_template
 
 
@@ -69,3 +70,12 @@ def test_errors_name_the_problem_not_the_values():
     with pytest.raises(ValueError, match="Application Default Credentials"):
         make_backend("vertex", project="p", api_key="k")
     assert set(BACKENDS) == {"pixelart", "modal", "oxen", "gemini", "vertex"}
+
+
+def test_config_errors_are_project_errors_and_still_value_errors():
+    assert issubclass(BackendConfigError, IsonycError) and issubclass(BackendConfigError, ValueError)
+    assert issubclass(BackendError, IsonycError) and issubclass(BackendError, RuntimeError)
+    with pytest.raises(BackendConfigError, match="modal steps must be within 1..100"):
+        make_backend("modal", endpoint="https://x.modal.run", steps=0)
+    with pytest.raises(BackendConfigError, match="unknown pixel-art style parameter"):
+        make_backend("pixelart", params={"sharpness": 1})

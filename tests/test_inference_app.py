@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from inference.server import QwenLoraPipeline, create_app
+from inference.server import EditRequest, QwenLoraPipeline, create_app
 from isonyc_dagster.backends.base import BackendError, GenerationRequest
 from isonyc_dagster.backends.modal import ModalBackend
 from isonyc_dagster.backends.transport import HttpSettings
-from tests.fake_apis import edit_template, make_template, png_bytes, serve_asgi
+from isonyc_dagster.images import decode_rgb, png_bytes
+from tests.fake_apis import edit_template, make_template, serve_asgi
 
 
 class TinyPipeline:
@@ -33,24 +34,13 @@ class TinyPipeline:
         self.max_active = 0
         self._lock = threading.Lock()
 
-    def __call__(self, image, *, prompt, negative_prompt, steps, true_cfg_scale, guidance_scale, seed):
+    def __call__(self, image: Image.Image, req: EditRequest, seed: int) -> Image.Image:
         with self._lock:
             self._active += 1
             self.max_active = max(self.max_active, self._active)
         try:
-            self.calls.append(
-                dict(
-                    prompt=prompt,
-                    negative_prompt=negative_prompt,
-                    steps=steps,
-                    true_cfg_scale=true_cfg_scale,
-                    guidance_scale=guidance_scale,
-                    seed=seed,
-                )
-            )
-            buf = io.BytesIO()
-            image.save(buf, format="PNG")
-            out = Image.open(io.BytesIO(edit_template(buf.getvalue(), seed)))
+            self.calls.append(req.model_dump(exclude={"image_b64"}) | {"seed": seed})
+            out = Image.fromarray(decode_rgb(edit_template(png_bytes(np.asarray(image)), seed)))
             return out.resize((image.width // 2, image.height // 2)) if self.wrong_size else out
         finally:
             with self._lock:

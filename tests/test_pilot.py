@@ -14,7 +14,8 @@ from isonyc_dagster.backends.modal import ModalBackend
 from isonyc_dagster.backends.transport import HttpSettings
 from isonyc_dagster.generate.candidates import candidate_seeds, generate_candidates
 from isonyc_dagster.generate.pilot import draw_red_border, run_pilot
-from tests.fake_apis import png_bytes, serve_asgi
+from isonyc_dagster.images import png_bytes
+from tests.fake_apis import serve_asgi
 
 T = 64  # tile size in these tests (production: 512)
 

@@ -18,11 +18,12 @@ from scipy import ndimage
 from shapely.geometry import box
 
 from isonyc_dagster.backends.base import BackendError, GenerationRequest
+from isonyc_dagster.backends.pixelart import PixelArtBackend, StyleParams
 from isonyc_dagster.backends.pixelart import palette as pal
-from isonyc_dagster.backends.pixelart.backend import PixelArtBackend, StyleParams
 from isonyc_dagster.geo.surfaces import Surface
 from isonyc_dagster.geodata.load import load_city
 from isonyc_dagster.geodata.model import Building, City, Park
+from isonyc_dagster.images import png_bytes
 from isonyc_dagster.render import Renderer, RenderResult
 from tests.conftest import geodata_file
 
@@ -36,12 +37,6 @@ CITICORP = (40.7585, -73.9702)
 
 
 # --- helpers -----------------------------------------------------------------------------------------
-
-
-def png(rgb: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgb), "RGB").save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def decode(data: bytes) -> np.ndarray:
@@ -79,7 +74,7 @@ def request(
     h, w = res.surface.shape
     infill = infill or (0, 0, w, h)
     return GenerationRequest(
-        template_png=png(template_rgb(res, infill, context)),
+        template_png=png_bytes(template_rgb(res, infill, context)),
         infill_box=infill,
         origin_px=res.origin_px,
         aux=aux_of(res) if aux else {},
@@ -180,7 +175,7 @@ def test_red_border_is_replaced_by_what_lies_under_it(backend, tile):
     # The ring under the border is generated from the render buffers: identical to a template without
     # a border at all.
     no_border = GenerationRequest(
-        template_png=png(tile.rgb), infill_box=infill, origin_px=tile.origin_px, aux=aux_of(tile)
+        template_png=png_bytes(tile.rgb), infill_box=infill, origin_px=tile.origin_px, aux=aux_of(tile)
     )
     plain = decode(backend.generate(no_border).image_png)
     assert np.array_equal(with_border, plain)
@@ -291,7 +286,7 @@ def _flat_scene() -> dict[str, np.ndarray]:
 def test_each_ground_class_has_its_own_look(backend):
     aux = _flat_scene()
     req = GenerationRequest(
-        template_png=png(np.zeros((512, 512, 3), np.uint8)), origin_px=(1000, -3000), aux=aux
+        template_png=png_bytes(np.zeros((512, 512, 3), np.uint8)), origin_px=(1000, -3000), aux=aux
     )
     out = decode(backend.generate(req).image_png).astype(int)
     water = out[8:248, 8:248].reshape(-1, 3)
@@ -314,7 +309,9 @@ def test_each_ground_class_has_its_own_look(backend):
 def test_trees_are_clustered_not_uniform(backend):
     s = np.full((512, 1024), Surface.PARK, np.uint8)
     aux = {"surface": s, "building": np.zeros(s.shape, np.int32), "height": np.zeros(s.shape, np.float32)}
-    req = GenerationRequest(template_png=png(np.zeros((512, 1024, 3), np.uint8)), origin_px=(0, 0), aux=aux)
+    req = GenerationRequest(
+        template_png=png_bytes(np.zeros((512, 1024, 3), np.uint8)), origin_px=(0, 0), aux=aux
+    )
     out = decode(backend.generate(req).image_png)
     canopy = colours_match(
         out,
@@ -331,7 +328,7 @@ def test_water_texture_is_world_aligned(backend):
     """The same world pixel of water gets the same colour from windows at different offsets."""
     s = np.full((300, 300), Surface.WATER, np.uint8)
     aux = {"surface": s, "building": np.zeros(s.shape, np.int32), "height": np.zeros(s.shape, np.float32)}
-    tmpl = png(np.zeros((300, 300, 3), np.uint8))
+    tmpl = png_bytes(np.zeros((300, 300, 3), np.uint8))
     a = decode(
         backend.generate(GenerationRequest(template_png=tmpl, origin_px=(100, 200), aux=aux)).image_png
     )
@@ -501,7 +498,7 @@ def _jpeg() -> bytes:
     ],
 )
 def test_bad_requests_fail_with_a_clear_message(backend, kwargs, message):
-    base = {"template_png": png(np.full((64, 64, 3), 196, np.uint8))}
+    base = {"template_png": png_bytes(np.full((64, 64, 3), 196, np.uint8))}
     base.update(kwargs)
     with pytest.raises(BackendError) as e:
         backend.generate(GenerationRequest(**base))
@@ -512,7 +509,9 @@ def test_bad_requests_fail_with_a_clear_message(backend, kwargs, message):
 def test_aux_of_another_window_is_refused(backend, tile, midtown, citicorp_origin):
     other = midtown.render_window(citicorp_origin[0] + 2048, citicorp_origin[1], 1024, 1024)
     req = GenerationRequest(
-        template_png=png(template_rgb(tile, (0, 0, 1024, 1024))), origin_px=tile.origin_px, aux=aux_of(other)
+        template_png=png_bytes(template_rgb(tile, (0, 0, 1024, 1024))),
+        origin_px=tile.origin_px,
+        aux=aux_of(other),
     )
     with pytest.raises(BackendError, match="aux buffers do not describe this template"):
         backend.generate(req)
@@ -521,7 +520,7 @@ def test_aux_of_another_window_is_refused(backend, tile, midtown, citicorp_origi
 def test_template_without_render_colours_and_without_aux_is_refused(backend):
     noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)  # not a render
     with pytest.raises(BackendError, match="no whitebox render colours"):
-        backend.generate(GenerationRequest(template_png=png(noise)))
+        backend.generate(GenerationRequest(template_png=png_bytes(noise)))
 
 
 # --- construction from flat settings ----------------------------------------------------------------------
@@ -543,7 +542,7 @@ def test_registry_builds_the_backend_from_flat_settings(tower):
 
 def test_surface_only_aux_infers_building_ids_and_heights(backend, tower):
     req = GenerationRequest(
-        template_png=png(tower.rgb), origin_px=tower.origin_px, aux={"surface": tower.surface}
+        template_png=png_bytes(tower.rgb), origin_px=tower.origin_px, aux={"surface": tower.surface}
     )
     res = backend.generate(req)
     assert res.provenance["buffers"] == "aux+inferred"

@@ -10,8 +10,9 @@ from PIL import Image
 from pmtiles.reader import MmapSource, Reader, all_tiles
 from pmtiles.tile import Compression, TileType
 
+from isonyc_dagster.publish.build import build_pyramid
+from isonyc_dagster.publish.layout import PyramidError
 from isonyc_dagster.publish.pmtiles import export_pmtiles
-from isonyc_dagster.publish.pyramid import PyramidError, build_pyramid
 from isonyc_dagster.store.local import LocalTileStore
 from tests.test_pyramid import decode_rgba, fill_store
 

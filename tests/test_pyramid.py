@@ -23,14 +23,9 @@ import pyvips
 from PIL import Image
 
 from isonyc_dagster.geo.config import MapConfig
-from isonyc_dagster.publish.pyramid import (
-    DEFAULT_ATTRIBUTION,
-    PyramidError,
-    PyramidLayout,
-    build_pyramid,
-    read_sidecar,
-    update_pyramid,
-)
+from isonyc_dagster.publish.build import build_pyramid, update_pyramid
+from isonyc_dagster.publish.layout import PyramidError, PyramidLayout
+from isonyc_dagster.publish.manifest import DEFAULT_ATTRIBUTION, read_sidecar
 from isonyc_dagster.store.base import TileWrite
 from isonyc_dagster.store.local import LocalTileStore
 
@@ -375,7 +370,7 @@ def test_concurrent_updates_of_one_pyramid_do_not_lose_each_others_tiles(filled,
 def _build_script(store_root: Path, out: Path, grid) -> str:
     return textwrap.dedent(
         f"""
-        from isonyc_dagster.publish.pyramid import build_pyramid
+        from isonyc_dagster.publish.build import build_pyramid
         from isonyc_dagster.store.local import LocalTileStore
         build_pyramid(LocalTileStore({str(store_root)!r}), {str(out)!r}, grid={grid!r},
                       meta={{"map": {{"name": "t"}}}}, fmt="webp", workers=1)

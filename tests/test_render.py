@@ -177,8 +177,8 @@ def test_tall_building_in_front_hides_short_one_behind(geometry):
         assert res.building[rr, c] == front_id, "the short roof's centre is behind the 80 m tower"
         # the short roof still shows where the tower does not cover it (its far edge, up the screen)
         px2, py2 = geometry.ground_to_pixel(5.0, 98.0, 20.0)
-        assert (
-            res.building[int(py2) - res.origin_px[1], int(px2) - res.origin_px[0]] == stable_building_id(short.id)
+        assert res.building[int(py2) - res.origin_px[1], int(px2) - res.origin_px[0]] == stable_building_id(
+            short.id
         )
 
 
@@ -211,7 +211,11 @@ def test_wall_orientation_classes_holes_and_floating_parts(geometry):
     res = _render_around(Renderer(city, geometry), geometry, -10, -10, 360, 120, 50)
     court_id, part_id = stable_building_id("court"), stable_building_id("bridge")
 
-    assert _at(res, geometry, 50, 0, 5) == (Surface.WALL_LEFT, court_id, pytest.approx(5, abs=0.3))  # south face
+    assert _at(res, geometry, 50, 0, 5) == (
+        Surface.WALL_LEFT,
+        court_id,
+        pytest.approx(5, abs=0.3),
+    )  # south face
     assert _at(res, geometry, 100, 50, 5)[:2] == (Surface.WALL_RIGHT, court_id)  # east face
     assert _at(res, geometry, 10, 50, 10) == (Surface.ROOF, court_id, 10.0)
     # courtyard: its floor is visible, and so is the inner face of its north side (it faces south)
@@ -358,7 +362,9 @@ def test_building_ids_do_not_depend_on_the_city_they_were_loaded_with(geometry, 
     full = Renderer(City(buildings=citicorp60), geometry).render_tile(*tile)
     subset = [b for b in reversed(citicorp60) if b.height_m > 60]
     part = Renderer(City(buildings=subset), geometry).render_tile(*tile)
-    keep = np.isin(full.building, [stable_building_id(b.id) for b in subset]) & (full.building == part.building)
+    keep = np.isin(full.building, [stable_building_id(b.id) for b in subset]) & (
+        full.building == part.building
+    )
     assert keep.sum() > 100_000
     assert set(np.unique(part.building).tolist()) - {0} <= {stable_building_id(b.id) for b in subset}
 

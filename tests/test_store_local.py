@@ -21,10 +21,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from isonyc_dagster.errors import IsonycError
+from isonyc_dagster.geo.boxes import QuadRect
 from isonyc_dagster.store import open_store
 from isonyc_dagster.store.base import QuadrantFlags, StoreError, TileStore, TileWrite, Water
 from isonyc_dagster.store.gcs import GCSTileStore
-from isonyc_dagster.store.local import MIGRATIONS, SCHEMA_VERSION, LocalTileStore
+from isonyc_dagster.store.index import MIGRATIONS, SCHEMA_VERSION
+from isonyc_dagster.store.local import LocalTileStore
 from tests.test_store_gcs import GcsEmulator, make_png
 
 BACKENDS = ["local", "gcs"]
@@ -301,6 +304,7 @@ def test_list_active_bbox_and_active_map(store):
     got = store.list_active("gen", bbox=(0, 1, 2, 2))
     assert sorted((v.x, v.y) for v in got) == [(x, y) for x in range(0, 3) for y in (1, 2)]
     assert {v.version for v in got if (v.x, v.y) == (1, 1)} == {2}
+    assert store.list_active("gen", bbox=QuadRect(0, 1, 2, 2)) == got
     assert [(v.x, v.y) for v in store.list_active("render", bbox=(0, 0, 5, 5))] == [(1, 1)]
     assert store.list_active("gen", bbox=(10, 10, 20, 20)) == []
     with pytest.raises(StoreError, match="empty"):
@@ -484,6 +488,15 @@ def test_local_layout_and_sqlite_settings(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(StoreError, match="is a file"):
         LocalTileStore(tmp_path / "file")
+
+
+def test_store_error_bases_and_tile_size_check(tmp_path):
+    assert issubclass(StoreError, IsonycError) and issubclass(StoreError, RuntimeError)
+    with pytest.raises(StoreError, match=r"tile_size must be \(width, height\) in positive ints"):
+        LocalTileStore(tmp_path / "st", tile_size=(512, 0))
+    s = LocalTileStore(tmp_path / "st", tile_size=[256, 128])
+    assert s.tile_size == (256, 128)
+    assert s.put_tile("gen", 0, 0, make_png(1, size=(256, 128))).version == 1
 
 
 def test_local_schema_migrations(tmp_path):

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from isonyc_dagster.publish.pyramid import build_pyramid, read_sidecar
+from isonyc_dagster.publish.build import build_pyramid
+from isonyc_dagster.publish.manifest import read_sidecar
 from isonyc_dagster.publish.serve import MapServer, start_server
 from isonyc_dagster.publish.viewer import ViewerError, find_openseadragon, write_viewer
 from isonyc_dagster.store.local import LocalTileStore

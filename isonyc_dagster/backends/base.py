@@ -15,8 +15,14 @@ from typing import Any
 
 import numpy as np
 
+from isonyc_dagster.errors import IsonycError
 
-class BackendError(RuntimeError):
+
+class BackendConfigError(IsonycError, ValueError):
+    """A backend cannot be built: unknown name, missing, unknown or invalid settings."""
+
+
+class BackendError(IsonycError, RuntimeError):
     """A backend failed for good (after its retries); ``retryable`` says whether a later try may work."""
 
     def __init__(self, message: str, *, retryable: bool = False) -> None:

@@ -8,21 +8,24 @@ Unlike the original we do not burn text labels into the template (they covered c
 and never resize the answer: the prompt names the images, and an answer that is not exactly the
 template size is refused.
 
-The request/response code here is shared with the Vertex backend (same ``generateContent`` format).
+The request/response code (:class:`ContentOptions`) is shared with the Vertex backend (same ``generateContent``
+format).
 """
 
 from __future__ import annotations
 
-import time
+from dataclasses import dataclass
 from math import gcd
 from typing import Any
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr
 
 from isonyc_dagster.backends import transport
-from isonyc_dagster.backends.base import BackendError, GenerationRequest, GenerationResult, ImageBackend
+from isonyc_dagster.backends.base import BackendConfigError, BackendError, GenerationRequest, GenerationResult
 from isonyc_dagster.backends.modal import new_seed
-from isonyc_dagster.backends.transport import AttemptError, HttpSettings, ResilientTransport
+from isonyc_dagster.backends.remote import RemoteBackend
+from isonyc_dagster.backends.transport import AttemptError, HttpSettings
+from isonyc_dagster.backends.validate import CheckedImage, InvalidImage, checked_b64, validate_image
 
 #: Style-transfer instructions (the original's "PIXEL ART STYLE TRANSFER TASK", without image labels).
 DEFAULT_PROMPT = """PIXEL ART STYLE TRANSFER TASK.
@@ -103,79 +106,96 @@ def aspect_ratio(size: tuple[int, int], *, backend: str) -> str:
     return ratio
 
 
-def build_generate_content(
-    request: GenerationRequest,
-    *,
-    prompt: str,
-    style_refs: tuple[bytes, ...],
-    seed: int,
-    aspect: str,
-    image_size: str | None,
-) -> dict[str, Any]:
-    """The ``generateContent`` body: instructions, Image A (template), Image B (style reference)."""
-    text = prompt
-    if request.negative_prompt:
-        text += f"\n\nAVOID: {request.negative_prompt}"
-    parts: list[dict[str, Any]] = [
-        {"text": text},
-        {"text": "Image A (template):"},
-        {"inline_data": {"mime_type": "image/png", "data": transport.b64(request.template_png)}},
-    ]
-    for i, ref in enumerate(style_refs):
-        label = "Image B (style reference):" if i == 0 else f"Style reference {i + 1}:"
-        parts += [{"text": label}, {"inline_data": {"mime_type": "image/png", "data": transport.b64(ref)}}]
-    image_config: dict[str, Any] = {"aspectRatio": aspect}
-    if image_size:
-        image_config["imageSize"] = image_size
-    return {
-        "contents": [{"role": "user", "parts": parts}],
-        "generationConfig": {
-            "responseModalities": ["TEXT", "IMAGE"],
-            "imageConfig": image_config,
-            "seed": seed,
-        },
-    }
+@dataclass(frozen=True)
+class ContentOptions:
+    """What the Gemini and Vertex backends share: how to build a ``generateContent`` call, which answers to accept."""
 
+    image_size: str | None  # "1K", "2K", "4K", or None for the model's default
+    max_style_refs: int
+    require_style_ref: bool
+    #: The model picks its own encoding; JPEG/WebP answers are decoded and stored as lossless PNG.
+    accept_formats: tuple[str, ...]
 
-def extract_image(
-    data: Any, *, what: str, expected_size: tuple[int, int], formats: tuple[str, ...]
-) -> tuple[transport.CheckedImage, str | None]:
-    """The answer image of a ``generateContent`` response (validated), and the model version."""
-    resp: GenerateContentResponse = transport.parse_model(GenerateContentResponse, data, what=what)
-    if resp.prompt_feedback and resp.prompt_feedback.block_reason:
-        raise AttemptError(f"{what}: prompt blocked ({resp.prompt_feedback.block_reason})", transient=False)
-    if not resp.candidates:
-        raise AttemptError(f"{what}: response has no candidates", transient=True, endpoint_failure=True)
-    cand = resp.candidates[0]
-    parts = cand.content.parts if cand.content else []
-    images = [p.inline_data for p in parts if p.inline_data is not None and not p.thought]
-    images = [d for d in images if d is not None and d.mime_type.startswith("image/")]
-    if not images:
-        reason = cand.finish_reason or "unknown"
-        said = " ".join(p.text for p in parts if p.text and not p.thought)[:200]
-        blocked = reason.upper() in _BLOCKED_FINISH
-        raise AttemptError(
-            f"{what}: model returned no image (finishReason={reason}{'; text: ' + repr(said) if said else ''})",
-            transient=not blocked,
+    def style_refs(self, request: GenerationRequest, *, backend: str) -> tuple[bytes, ...]:
+        """The request's style references this model gets, each a valid image; refused when required and absent."""
+        refs = request.style_refs[: self.max_style_refs]
+        if self.require_style_ref and not refs:
+            raise BackendError(
+                f"{backend}: no style reference in the request; pass one 2×2 reference tile in style_refs "
+                "(mark reference quadrants in the store), or set require_style_ref=False"
+            )
+        for i, ref in enumerate(refs):
+            try:
+                validate_image(ref, expected_size=None, what=f"style reference {i}")
+            except InvalidImage as e:
+                raise BackendError(f"{backend}: bad request: {e}") from None
+        return refs
+
+    def body(
+        self,
+        request: GenerationRequest,
+        *,
+        prompt: str,
+        style_refs: tuple[bytes, ...],
+        seed: int,
+        size: tuple[int, int],
+        backend: str,
+    ) -> dict[str, Any]:
+        """The ``generateContent`` body: instructions, Image A (the template, of ``size``), Image B (style reference)."""
+        text = prompt
+        if request.negative_prompt:
+            text += f"\n\nAVOID: {request.negative_prompt}"
+        parts: list[dict[str, Any]] = [
+            {"text": text},
+            {"text": "Image A (template):"},
+            {"inline_data": {"mime_type": "image/png", "data": transport.b64(request.template_png)}},
+        ]
+        for i, ref in enumerate(style_refs):
+            label = "Image B (style reference):" if i == 0 else f"Style reference {i + 1}:"
+            parts += [
+                {"text": label},
+                {"inline_data": {"mime_type": "image/png", "data": transport.b64(ref)}},
+            ]
+        image_config: dict[str, Any] = {"aspectRatio": aspect_ratio(size, backend=backend)}
+        if self.image_size:
+            image_config["imageSize"] = self.image_size
+        return {
+            "contents": [{"role": "user", "parts": parts}],
+            "generationConfig": {
+                "responseModalities": ["TEXT", "IMAGE"],
+                "imageConfig": image_config,
+                "seed": seed,
+            },
+        }
+
+    def image(self, data: Any, *, what: str, size: tuple[int, int]) -> tuple[CheckedImage, str | None]:
+        """The answer image of a ``generateContent`` response, checked (``size``, ``accept_formats``); model version."""
+        resp: GenerateContentResponse = transport.parse_model(GenerateContentResponse, data, what=what)
+        if resp.prompt_feedback and resp.prompt_feedback.block_reason:
+            raise AttemptError(
+                f"{what}: prompt blocked ({resp.prompt_feedback.block_reason})", transient=False
+            )
+        if not resp.candidates:
+            raise AttemptError(f"{what}: response has no candidates", transient=True, endpoint_failure=True)
+        cand = resp.candidates[0]
+        parts = cand.content.parts if cand.content else []
+        images = [p.inline_data for p in parts if p.inline_data is not None and not p.thought]
+        images = [d for d in images if d is not None and d.mime_type.startswith("image/")]
+        if not images:
+            reason = cand.finish_reason or "unknown"
+            said = " ".join(p.text for p in parts if p.text and not p.thought)[:200]
+            blocked = reason.upper() in _BLOCKED_FINISH
+            raise AttemptError(
+                f"{what}: model returned no image (finishReason={reason}{'; text: ' + repr(said) if said else ''})",
+                transient=not blocked,
+            )
+        image = checked_b64(
+            images[0].data, expected_size=size, what=f"{what} image", formats=self.accept_formats
         )
-    try:
-        raw = transport.decode_b64(images[0].data, what=f"{what} image")
-    except transport.InvalidImage as e:
-        raise AttemptError(str(e), transient=True) from None
-    return transport.checked(
-        raw, expected_size=expected_size, what=f"{what} image", formats=formats
-    ), resp.model_version
+        return image, resp.model_version
 
 
-def check_style_refs(refs: tuple[bytes, ...], *, backend: str) -> None:
-    for i, ref in enumerate(refs):
-        try:
-            transport.validate_image(ref, expected_size=None, what=f"style reference {i}")
-        except transport.InvalidImage as e:
-            raise BackendError(f"{backend}: bad request: {e}") from None
-
-
-class GeminiBackend(ImageBackend):
+class GeminiBackend(RemoteBackend):
     """Gemini API (AI Studio key) image generation from template + one 2×2 style reference tile."""
 
     name = "gemini"
@@ -195,78 +215,58 @@ class GeminiBackend(ImageBackend):
         http: HttpSettings | None = None,
     ) -> None:
         if not api_key:
-            raise ValueError("gemini api_key is empty; set it from the environment (e.g. GEMINI_API_KEY)")
+            raise BackendConfigError(
+                "gemini api_key is empty; set it from the environment (e.g. GEMINI_API_KEY)"
+            )
         if image_size is not None and image_size not in _IMAGE_SIZE_SIDE:
-            raise ValueError(
+            raise BackendConfigError(
                 f"gemini image_size must be one of {sorted(_IMAGE_SIZE_SIDE)} or None (model default), got {image_size!r}"
             )
         if not base_url.startswith(("http://", "https://")):
-            raise ValueError(f"gemini base_url must be an http(s) URL, got {base_url!r}")
-        self.model_id = model
+            raise BackendConfigError(f"gemini base_url must be an http(s) URL, got {base_url!r}")
         self.base_url = base_url.rstrip("/")
         self.api_version = api_version
         self.default_prompt = default_prompt
-        self.image_size = image_size
-        self.max_style_refs = max_style_refs
-        self.require_style_ref = require_style_ref
-        # The model picks its own encoding; JPEG/WebP answers are decoded and stored as lossless PNG.
-        self.accept_formats = tuple(accept_formats)
         self._api_key = SecretStr(api_key)
-        self.transport = ResilientTransport("gemini", http or HttpSettings(), secrets=[api_key])
+        self.content = ContentOptions(image_size, max_style_refs, require_style_ref, tuple(accept_formats))
+        super().__init__(model_id=model, http=http, secrets=[api_key])
 
     def __repr__(self) -> str:
         return f"GeminiBackend(model={self.model_id!r}, base_url={self.base_url!r})"
 
     def generate(self, request: GenerationRequest) -> GenerationResult:
-        start = time.monotonic()
-        size = transport.template_size(request, backend=self.name)
-        side = _IMAGE_SIZE_SIDE.get(self.image_size or "", 0)
+        call = self._begin(request)
+        size = call.size
+        image_size = self.content.image_size
+        side = _IMAGE_SIZE_SIDE.get(image_size or "", 0)
         if side and (size[0] != size[1] or size[0] != side):
             # Fail before paying for a call whose answer could only be refused (we never resize).
             raise BackendError(
-                f"gemini: template is {size[0]}×{size[1]} but image_size={self.image_size} answers {side}×{side}; "
+                f"gemini: template is {size[0]}×{size[1]} but image_size={image_size} answers {side}×{side}; "
                 f"send a {side}×{side} template or change image_size"
             )
-        refs = request.style_refs[: self.max_style_refs]
-        if self.require_style_ref and not refs:
-            raise BackendError(
-                "gemini: no style reference in the request; pass one 2×2 reference tile in style_refs "
-                "(mark reference quadrants in the store), or set require_style_ref=False"
-            )
-        check_style_refs(refs, backend=self.name)
+        refs = self.content.style_refs(request, backend=self.name)
         seed = request.seed if request.seed is not None else new_seed()
-        body = build_generate_content(
-            request,
-            prompt=request.prompt or self.default_prompt,
-            style_refs=refs,
-            seed=seed,
-            aspect=aspect_ratio(size, backend=self.name),
-            image_size=self.image_size,
+        prompt = request.prompt or self.default_prompt
+        body = self.content.body(
+            request, prompt=prompt, style_refs=refs, seed=seed, size=size, backend=self.name
         )
         url = f"{self.base_url}/{self.api_version}/models/{self.model_id}:generateContent"
         headers = {"x-goog-api-key": self._api_key.get_secret_value(), "Content-Type": "application/json"}
 
-        def attempt() -> tuple[transport.CheckedImage, str | None]:
+        def attempt() -> tuple[CheckedImage, str | None]:
             data = self.transport.request_json(
                 "POST", url, what="generateContent", json=body, headers=headers
             )
-            return extract_image(
-                data, what="generateContent", expected_size=size, formats=self.accept_formats
-            )
+            return self.content.image(data, what="generateContent", size=size)
 
         (image, model_version), attempts = self.transport.call(attempt, what="generateContent")
-        provenance = transport.base_provenance(self.name, self.model_id, request)
-        provenance.update(
+        return call.result(
+            image.png,
             seed=seed,
-            latency_s=transport.monotonic_latency(start),
             attempts=attempts,
             model_version=model_version,
             style_refs=len(refs),
             style_refs_sha256=[transport.sha256(r) for r in refs],
             output_format=image.source_format,
-            output_sha256=transport.sha256(image.png),
         )
-        return GenerationResult(image.png, provenance)
-
-    def close(self) -> None:
-        self.transport.close()

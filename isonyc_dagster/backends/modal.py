@@ -14,14 +14,14 @@ Optional Modal proxy auth: ``Modal-Key`` / ``Modal-Secret`` headers.
 from __future__ import annotations
 
 import secrets
-import time
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from isonyc_dagster.backends import transport
-from isonyc_dagster.backends.base import GenerationRequest, GenerationResult, ImageBackend
-from isonyc_dagster.backends.transport import AttemptError, HttpSettings, ResilientTransport
+from isonyc_dagster.backends.base import BackendConfigError, GenerationRequest, GenerationResult
+from isonyc_dagster.backends.remote import RemoteBackend
+from isonyc_dagster.backends.transport import AttemptError, HttpSettings
+from isonyc_dagster.backends.validate import CheckedImage, checked_b64
 
 #: The prompt the "omni" LoRAs were trained with (anchor §4.2).
 DEFAULT_PROMPT = (
@@ -45,7 +45,7 @@ def new_seed() -> int:
     return secrets.randbelow(2**31 - 1)
 
 
-class ModalBackend(ImageBackend):
+class ModalBackend(RemoteBackend):
     """Client of the ``edit_b64`` endpoint served by ``inference/server.py`` on Modal."""
 
     name = "modal"
@@ -64,24 +64,22 @@ class ModalBackend(ImageBackend):
         http: HttpSettings | None = None,
     ) -> None:
         if not endpoint.startswith(("http://", "https://")):
-            raise ValueError(
+            raise BackendConfigError(
                 f"modal endpoint must be an http(s) URL of the edit_b64 endpoint, got {endpoint!r}"
             )
         if (token_id is None) != (token_secret is None):
-            raise ValueError(
+            raise BackendConfigError(
                 "modal proxy auth needs both token_id (Modal-Key) and token_secret (Modal-Secret), or neither"
             )
         if not 1 <= steps <= 100:
-            raise ValueError(f"modal steps must be within 1..100, got {steps}")
+            raise BackendConfigError(f"modal steps must be within 1..100, got {steps}")
         self.endpoint = endpoint
-        self.model_id = model_id
-        self.steps = steps
-        self.true_cfg_scale = true_cfg_scale
-        self.guidance_scale = guidance_scale
         self.default_prompt = default_prompt
+        #: Sent with every request as they are, and recorded in provenance.
+        self.sampling = {"steps": steps, "true_cfg_scale": true_cfg_scale, "guidance_scale": guidance_scale}
         self._token_id = SecretStr(token_id) if token_id else None
         self._token_secret = SecretStr(token_secret) if token_secret else None
-        self.transport = ResilientTransport("modal", http or HttpSettings(), secrets=[token_id, token_secret])
+        super().__init__(model_id=model_id, http=http, secrets=[token_id, token_secret])
 
     def __repr__(self) -> str:
         auth = "proxy-auth" if self._token_id else "no-auth"
@@ -95,21 +93,18 @@ class ModalBackend(ImageBackend):
         return headers
 
     def generate(self, request: GenerationRequest) -> GenerationResult:
-        start = time.monotonic()
-        size = transport.template_size(request, backend=self.name)
+        call = self._begin(request)
         seed = request.seed if request.seed is not None else new_seed()
         payload = {
             "image_b64": transport.b64(request.template_png),
             "prompt": request.prompt or self.default_prompt,
             "negative_prompt": request.negative_prompt or None,
-            "steps": self.steps,
-            "true_cfg_scale": self.true_cfg_scale,
-            "guidance_scale": self.guidance_scale,
+            **self.sampling,
             "seed": seed,
         }
         headers = self._headers()
 
-        def attempt() -> tuple[transport.CheckedImage, EditResponse]:
+        def attempt() -> tuple[CheckedImage, EditResponse]:
             data = self.transport.request_json(
                 "POST", self.endpoint, what="edit_b64", json=payload, headers=headers
             )
@@ -118,25 +113,9 @@ class ModalBackend(ImageBackend):
                 raise AttemptError(
                     f"edit_b64: server used seed {resp.seed}, not the requested {seed}", transient=False
                 )
-            try:
-                raw = transport.decode_b64(resp.image_b64, what="edit_b64 image")
-            except transport.InvalidImage as e:
-                raise AttemptError(str(e), transient=True) from None
-            return transport.checked(raw, expected_size=size, what="edit_b64 image"), resp
+            return checked_b64(resp.image_b64, expected_size=call.size, what="edit_b64 image"), resp
 
         (image, resp), attempts = self.transport.call(attempt, what="edit_b64")
-        provenance: dict[str, Any] = transport.base_provenance(self.name, resp.model_id or self.model_id, request)
-        provenance.update(
-            seed=seed,
-            latency_s=transport.monotonic_latency(start),
-            attempts=attempts,
-            steps=self.steps,
-            true_cfg_scale=self.true_cfg_scale,
-            guidance_scale=self.guidance_scale,
-            lora=resp.lora,
-            output_sha256=transport.sha256(image.png),
+        return call.result(
+            image.png, seed=seed, attempts=attempts, model_id=resp.model_id, **self.sampling, lora=resp.lora
         )
-        return GenerationResult(image.png, provenance)
-
-    def close(self) -> None:
-        self.transport.close()

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any, Literal, Protocol
@@ -25,9 +24,11 @@ from urllib.parse import quote
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from isonyc_dagster.backends import transport
-from isonyc_dagster.backends.base import BackendError, GenerationRequest, GenerationResult, ImageBackend
+from isonyc_dagster.backends.base import BackendConfigError, BackendError, GenerationRequest, GenerationResult
 from isonyc_dagster.backends.modal import DEFAULT_PROMPT
-from isonyc_dagster.backends.transport import HttpSettings, ResilientTransport
+from isonyc_dagster.backends.remote import RemoteBackend
+from isonyc_dagster.backends.transport import HttpSettings
+from isonyc_dagster.backends.validate import CheckedImage, checked
 
 log = logging.getLogger("isonyc_dagster.backends.oxen")
 
@@ -65,11 +66,11 @@ class GCSTemplateUploader:
         api_access_endpoint: str | None = None,
     ) -> None:
         if not bucket or "/" in bucket:
-            raise ValueError(f"GCS bucket must be a bare bucket name, got {bucket!r}")
+            raise BackendConfigError(f"GCS bucket must be a bare bucket name, got {bucket!r}")
         if not 60 <= url_ttl_s <= 7 * 24 * 3600:
-            raise ValueError(f"url_ttl_s must be within 60 s .. 7 days (V4 limit), got {url_ttl_s}")
+            raise BackendConfigError(f"url_ttl_s must be within 60 s .. 7 days (V4 limit), got {url_ttl_s}")
         if url_mode not in ("signed", "media"):
-            raise ValueError(f"url_mode must be 'signed' or 'media', got {url_mode!r}")
+            raise BackendConfigError(f"url_mode must be 'signed' or 'media', got {url_mode!r}")
         if client is None:
             from google.cloud import storage
 
@@ -152,7 +153,7 @@ class OxenEditResponse(BaseModel):
     images: list[OxenImageItem] = Field(min_length=1)
 
 
-class OxenBackend(ImageBackend):
+class OxenBackend(RemoteBackend):
     """Oxen.ai image-edit API (hosted Qwen-Image-Edit fine-tunes)."""
 
     name = "oxen"
@@ -171,14 +172,13 @@ class OxenBackend(ImageBackend):
         http: HttpSettings | None = None,
     ) -> None:
         if not api_key:
-            raise ValueError("oxen api_key is empty; set it from the environment (e.g. OXEN_API_KEY)")
+            raise BackendConfigError("oxen api_key is empty; set it from the environment (e.g. OXEN_API_KEY)")
         if not model:
-            raise ValueError(
+            raise BackendConfigError(
                 "oxen model is empty; give the model id of the fine-tune (e.g. cannoneyed-quiet-green-lamprey)"
             )
         if not base_url.startswith(("http://", "https://")):
-            raise ValueError(f"oxen base_url must be an http(s) URL, got {base_url!r}")
-        self.model_id = model
+            raise BackendConfigError(f"oxen base_url must be an http(s) URL, got {base_url!r}")
         self.uploader = uploader
         self.base_url = base_url.rstrip("/")
         self.steps = steps
@@ -186,14 +186,13 @@ class OxenBackend(ImageBackend):
         self.send_negative_prompt = send_negative_prompt
         self.download_attempts = download_attempts
         self._api_key = SecretStr(api_key)
-        self.transport = ResilientTransport("oxen", http or HttpSettings(), secrets=[api_key])
+        super().__init__(model_id=model, http=http, secrets=[api_key])
 
     def __repr__(self) -> str:
         return f"OxenBackend(model={self.model_id!r}, base_url={self.base_url!r}, uploader={self.uploader!r})"
 
     def generate(self, request: GenerationRequest) -> GenerationResult:
-        start = time.monotonic()
-        size = transport.template_size(request, backend=self.name)
+        call = self._begin(request)
         headers = {
             "Authorization": f"Bearer {self._api_key.get_secret_value()}",
             "Content-Type": "application/json",
@@ -234,27 +233,18 @@ class OxenBackend(ImageBackend):
             redact.add(result_url)  # Oxen's URL may carry its own access token
             stack.callback(redact.discard, result_url)
 
-            def download() -> transport.CheckedImage:
+            def download() -> CheckedImage:
                 # 403/404 right after the call: Oxen has not published the file yet (seen in the original).
                 raw = self.transport.download(result_url, what="result download", retry_statuses=(403, 404))
-                return transport.checked(raw, expected_size=size, what="oxen result image")
+                return checked(raw, expected_size=call.size, what="oxen result image")
 
             image, dl_attempts = self.transport.call(
                 download, what="result download", max_attempts=self.download_attempts
             )
-        provenance = transport.base_provenance(self.name, self.model_id, request)
-        provenance.update(
-            seed=None,  # the Oxen edit API takes no seed; each call is a fresh sample
-            latency_s=transport.monotonic_latency(start),
-            attempts=attempts,
-            download_attempts=dl_attempts,
-            steps=self.steps,
-            output_sha256=transport.sha256(image.png),
+        # The Oxen edit API takes no seed: each call is a fresh sample.
+        return call.result(
+            image.png, seed=None, attempts=attempts, download_attempts=dl_attempts, steps=self.steps
         )
-        return GenerationResult(image.png, provenance)
-
-    def close(self) -> None:
-        self.transport.close()
 
 
 __all__ = ["GCSTemplateUploader", "OxenBackend", "OxenEditResponse", "TemplateUploader"]

@@ -6,12 +6,12 @@ import importlib
 import inspect
 from typing import Any
 
-from isonyc_dagster.backends.base import ImageBackend
+from isonyc_dagster.backends.base import BackendConfigError, ImageBackend
 from isonyc_dagster.backends.transport import HttpSettings, split_http_settings
 
 #: name → (module, class). Imported lazily: the offline path must not pay for HTTP/GCS imports.
 BACKENDS: dict[str, tuple[str, str]] = {
-    "pixelart": ("isonyc_dagster.backends.pixelart.backend", "PixelArtBackend"),
+    "pixelart": ("isonyc_dagster.backends.pixelart", "PixelArtBackend"),
     "modal": ("isonyc_dagster.backends.modal", "ModalBackend"),
     "oxen": ("isonyc_dagster.backends.oxen", "OxenBackend"),
     "gemini": ("isonyc_dagster.backends.gemini", "GeminiBackend"),
@@ -32,12 +32,12 @@ SETTING_ALIASES: dict[str, dict[str, str]] = {
 
 def backend_class(name: str) -> type[ImageBackend]:
     if name not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}")
+        raise BackendConfigError(f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}")
     module, cls = BACKENDS[name]
     try:
         return getattr(importlib.import_module(module), cls)
     except (ImportError, AttributeError) as e:
-        raise ValueError(f"backend {name!r} is not available ({module}.{cls}: {e})") from None
+        raise BackendConfigError(f"backend {name!r} is not available ({module}.{cls}: {e})") from None
 
 
 def make_backend(name: str, **settings: Any) -> ImageBackend:
@@ -48,7 +48,8 @@ def make_backend(name: str, **settings: Any) -> ImageBackend:
     that lists the valid ones. For ``oxen`` pass ``uploader=`` or ``bucket=`` (+ optional
     ``uploader_prefix``, ``url_ttl_s``); for ``vertex`` a missing ``token_provider`` means
     Application Default Credentials. The generic names ``url``/``api_key``/``auth_secret`` map to
-    each backend's own (see :data:`SETTING_ALIASES`). Errors name settings, never their values.
+    each backend's own (see :data:`SETTING_ALIASES`). Bad settings raise :class:`BackendConfigError` (a
+    ``ValueError``), whose message names settings, never their values.
     """
     cls = backend_class(name)
     params = inspect.signature(cls.__init__).parameters
@@ -56,10 +57,10 @@ def make_backend(name: str, **settings: Any) -> ImageBackend:
     for generic, own in SETTING_ALIASES.get(name, {}).items():
         if generic in settings:
             if own in settings:
-                raise ValueError(f"backend {name!r}: give {own} or {generic}, not both")
+                raise BackendConfigError(f"backend {name!r}: give {own} or {generic}, not both")
             settings[own] = settings.pop(generic)
     if name == "vertex" and ("api_key" in settings or "auth_secret" in settings):
-        raise ValueError(
+        raise BackendConfigError(
             "backend 'vertex' authenticates with Google Application Default Credentials (a bearer token from "
             "token_provider), not an API key; unset api_key/auth_secret for it"
         )
@@ -72,7 +73,7 @@ def make_backend(name: str, **settings: Any) -> ImageBackend:
         rest["http"] = HttpSettings(**rest["http"])
     if name == "oxen" and "uploader" not in rest:
         if "bucket" not in rest:
-            raise ValueError(
+            raise BackendConfigError(
                 "backend 'oxen' needs uploader= or bucket= (the GCS bucket for short-lived templates)"
             )
         from isonyc_dagster.backends.oxen import GCSTemplateUploader
@@ -89,7 +90,7 @@ def make_backend(name: str, **settings: Any) -> ImageBackend:
     unknown = sorted(set(rest) - set(valid))
     if unknown and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         extra = sorted(HttpSettings.model_fields) if takes_http else []
-        raise ValueError(
+        raise BackendConfigError(
             f"backend {name!r} got unknown setting(s) {unknown}; valid: {[v for v in valid if v != 'http'] + extra}"
         )
     missing = [
@@ -101,5 +102,5 @@ def make_backend(name: str, **settings: Any) -> ImageBackend:
         and p not in rest
     ]
     if missing:
-        raise ValueError(f"backend {name!r} needs setting(s) {missing}")
+        raise BackendConfigError(f"backend {name!r} needs setting(s) {missing}")
     return cls(**rest)

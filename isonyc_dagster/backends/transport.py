@@ -1,7 +1,7 @@
-"""Shared resilience for the remote image backends: retries, rate limits, circuit breaker, validation.
+"""Shared HTTP layer of the remote image backends: retries, rate limits, circuit breaker, redaction.
 
-Every remote backend (Modal, Oxen, Gemini, Vertex) runs each HTTP attempt through one
-:class:`ResilientTransport`, which gives them the same behaviour:
+Every remote backend (Modal, Oxen, Gemini, Vertex; see :mod:`.remote`) runs each HTTP attempt through
+its one :class:`ResilientTransport`, which gives them the same behaviour:
 
 - exponential backoff with full jitter (tenacity) on 429, 5xx, timeouts, connection errors and
   invalid responses; a server's ``Retry-After`` (header, or Google's ``RetryInfo.retryDelay``) is a
@@ -12,7 +12,7 @@ Every remote backend (Modal, Oxen, Gemini, Vertex) runs each HTTP attempt throug
 - a circuit breaker: after ``breaker_threshold`` consecutive endpoint failures (5xx, timeouts,
   connection errors, unusable responses; *not* 429, which means "alive but busy") calls fail fast
   for ``breaker_cooldown_s``; then one probe goes through (half-open) and decides;
-- strict image validation (:func:`validate_image`): decodable, complete, the exact expected size,
+- strict image validation (:mod:`.validate`): decodable, complete, the exact expected size,
   an allowed mode, never resized;
 - secrets (keys, tokens, signed URLs) are redacted from every message this module builds, and the
   final :class:`CallFailed` does not chain the underlying library exception (whose text we do not
@@ -22,35 +22,27 @@ Every remote backend (Modal, Oxen, Gemini, Vertex) runs each HTTP attempt throug
 from __future__ import annotations
 
 import base64
-import binascii
 import contextlib
-import email.utils
 import hashlib
-import io
 import json
 import logging
 import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
 import tenacity
-from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from isonyc_dagster.backends.base import BackendError, GenerationRequest
+from isonyc_dagster.backends.base import BackendConfigError, BackendError
+from isonyc_dagster.errors import IsonycError
+from isonyc_dagster.net import google_retry_delay, parse_retry_after
 
 T = TypeVar("T")
 
 log = logging.getLogger("isonyc_dagster.backends")
-
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
-#: Largest image we decode from a model: 4096² (a 1024² template is the production size).
-MAX_IMAGE_PIXELS = 4096 * 4096
 
 
 class HttpSettings(BaseModel):
@@ -91,14 +83,14 @@ def split_http_settings(settings: dict[str, Any]) -> tuple[HttpSettings, dict[st
         msgs = "; ".join(
             f"{'.'.join(map(str, x['loc']))}: {x['msg']} (got {x.get('input')!r})" for x in e.errors()
         )
-        raise ValueError(f"invalid HTTP settings: {msgs}") from None
+        raise BackendConfigError(f"invalid HTTP settings: {msgs}") from None
 
 
 # --------------------------------------------------------------------------------------------------
 # errors
 
 
-class AttemptError(Exception):
+class AttemptError(IsonycError):
     """One failed attempt. ``transient`` ones are retried; the message is already redacted."""
 
     def __init__(
@@ -262,128 +254,7 @@ class CircuitBreaker:
 
 
 # --------------------------------------------------------------------------------------------------
-# retry-after
-
-
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP-date); ``None`` if absent/bad."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when is None:
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
-
-
-def google_retry_delay(body: Any) -> float | None:
-    """``RetryInfo.retryDelay`` ("7s", "0.5s") from a Google API error body, if present."""
-    try:
-        details = body["error"].get("details") or []
-    except (TypeError, KeyError, AttributeError):
-        return None
-    for d in details:
-        if isinstance(d, dict) and str(d.get("@type", "")).endswith("google.rpc.RetryInfo"):
-            delay = d.get("retryDelay")
-            if isinstance(delay, str) and delay.endswith("s"):
-                try:
-                    return max(0.0, float(delay[:-1]))
-                except ValueError:
-                    return None
-    return None
-
-
-# --------------------------------------------------------------------------------------------------
-# image validation
-
-
-class InvalidImage(ValueError):
-    """An image that must not be used (corrupt, truncated, wrong size or mode)."""
-
-
-@dataclass(frozen=True)
-class CheckedImage:
-    png: bytes  # canonical lossless PNG, RGB
-    size: tuple[int, int]
-    source_format: str
-    source_mode: str
-
-
-def png_size(data: bytes, *, what: str = "image") -> tuple[int, int]:
-    """(width, height) from a PNG header, without decoding pixels."""
-    if not data.startswith(_PNG_SIGNATURE) or len(data) < 24 or data[12:16] != b"IHDR":
-        raise InvalidImage(f"{what} is not a PNG (bad signature/header)")
-    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-
-
-def validate_image(
-    data: bytes,
-    *,
-    expected_size: tuple[int, int] | None,
-    what: str = "image",
-    formats: tuple[str, ...] = ("PNG",),
-) -> CheckedImage:
-    """Decode and check a model image; return it as a canonical RGB PNG. Never resizes.
-
-    Refuses: empty or non-image bytes, formats other than ``formats``, a PNG without its IEND chunk
-    (truncated), any decode error (CRC, premature end), a size other than ``expected_size``, more than
-    :data:`MAX_IMAGE_PIXELS` pixels (checked from the header before decoding), modes other than
-    RGB/RGBA/L/P, and any transparent pixel (a generated tile must be fully opaque).
-    """
-    if not data:
-        raise InvalidImage(f"{what} is empty")
-    try:
-        im = Image.open(io.BytesIO(data))
-    except (UnidentifiedImageError, OSError) as e:
-        raise InvalidImage(f"{what} is not a decodable image ({len(data)} bytes): {e}") from None
-    fmt = im.format or "?"
-    if fmt not in formats:
-        raise InvalidImage(f"{what} is {fmt}, expected {'/'.join(formats)}")
-    if fmt == "PNG" and not data.rstrip(b"\x00").endswith(_PNG_IEND):
-        raise InvalidImage(f"{what} is a truncated PNG (no IEND chunk; {len(data)} bytes)")
-    w, h = im.size
-    if w * h > MAX_IMAGE_PIXELS:
-        raise InvalidImage(f"{what} is {w}×{h}, larger than the {MAX_IMAGE_PIXELS} pixel limit")
-    if expected_size is not None and (w, h) != tuple(expected_size):
-        raise InvalidImage(
-            f"{what} is {w}×{h}, expected exactly {expected_size[0]}×{expected_size[1]} (the template size); "
-            "not resizing it"
-        )
-    mode = im.mode
-    if mode not in ("RGB", "RGBA", "L", "P"):
-        raise InvalidImage(f"{what} has unsupported mode {mode!r} (expected RGB, RGBA, L or P)")
-    try:
-        # verify() checks chunk CRCs; it invalidates the image, so decode from a fresh open.
-        Image.open(io.BytesIO(data)).verify()
-        im = Image.open(io.BytesIO(data))
-        im.load()
-    except Exception as e:  # PIL raises a zoo of types (OSError, SyntaxError, ValueError, struct.error)
-        raise InvalidImage(f"{what} does not decode ({type(e).__name__}: {e})") from None
-    if mode in ("RGBA", "P") or "transparency" in im.info:
-        rgba = im.convert("RGBA")
-        lo, _hi = rgba.getchannel("A").getextrema()
-        if lo < 255:
-            raise InvalidImage(f"{what} has transparent pixels; a generated image must be fully opaque")
-    if fmt == "PNG" and mode == "RGB" and "transparency" not in im.info:
-        return CheckedImage(data, (w, h), fmt, mode)
-    out = io.BytesIO()
-    im.convert("RGB").save(out, format="PNG")
-    return CheckedImage(out.getvalue(), (w, h), fmt, mode)
-
-
-def decode_b64(text: str, *, what: str) -> bytes:
-    """Strict base64 decode (no silently skipped garbage)."""
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise InvalidImage(f"{what} is not valid base64 ({e})") from None
+# wire helpers
 
 
 def b64(data: bytes) -> str:
@@ -392,23 +263,6 @@ def b64(data: bytes) -> str:
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def template_size(request: GenerationRequest, *, backend: str) -> tuple[int, int]:
-    """Size of the request's template; a clear non-retryable error when it is not a PNG."""
-    try:
-        return png_size(request.template_png, what="template")
-    except InvalidImage as e:
-        raise BackendError(f"{backend}: bad request: {e}; the template must be a lossless PNG") from None
-
-
-def base_provenance(backend: str, model_id: str, request: GenerationRequest) -> dict[str, Any]:
-    return {
-        "backend": backend,
-        "model_id": model_id,
-        "prompt_sha256": request.prompt_sha256,
-        "template_sha256": sha256(request.template_png),
-    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -478,14 +332,15 @@ class ResilientTransport:
         limit = max_attempts or self.settings.max_attempts
         attempts = 0
 
-        def too_long_retry_after(state: tenacity.RetryCallState) -> bool:
+        def stop(state: tenacity.RetryCallState) -> bool:
             exc = state.outcome.exception() if state.outcome else None
             ra = getattr(exc, "retry_after", None)
-            return ra is not None and ra > self.settings.max_retry_after_s
-
-        def caller_gives_up(state: tenacity.RetryCallState) -> bool:
-            exc = state.outcome.exception() if state.outcome else None
-            return give_up is not None and isinstance(exc, AttemptError) and give_up(exc)
+            # In this order: ``give_up`` may count what it sees, so it runs only when nothing else stops.
+            return (
+                state.attempt_number >= limit
+                or (ra is not None and ra > self.settings.max_retry_after_s)
+                or (give_up is not None and isinstance(exc, AttemptError) and give_up(exc))
+            )
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
@@ -501,7 +356,7 @@ class ResilientTransport:
             )
 
         retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(limit) | too_long_retry_after | caller_gives_up,
+            stop=stop,
             wait=_wait_strategy(self.settings),
             retry=tenacity.retry_if_exception(lambda e: isinstance(e, AttemptError) and e.transient),
             reraise=True,
@@ -704,17 +559,3 @@ def parse_model(model: type[BaseModel], data: Any, *, what: str) -> Any:
             transient=True,
             endpoint_failure=True,
         ) from None
-
-
-def checked(
-    data: bytes, *, expected_size: tuple[int, int], what: str, formats: tuple[str, ...] = ("PNG",)
-) -> CheckedImage:
-    """:func:`validate_image` with failures as retryable attempt errors (a later sample may be fine)."""
-    try:
-        return validate_image(data, expected_size=expected_size, what=what, formats=formats)
-    except InvalidImage as e:
-        raise AttemptError(str(e), transient=True, endpoint_failure=False) from None
-
-
-def monotonic_latency(start: float) -> float:
-    return round(time.monotonic() - start, 4)

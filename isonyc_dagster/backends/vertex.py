@@ -15,28 +15,23 @@ asked once per attempt so refreshed tokens are picked up; tokens are redacted fr
 
 from __future__ import annotations
 
-import io
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from isonyc_dagster.backends import transport
-from isonyc_dagster.backends.base import BackendError, GenerationRequest, GenerationResult, ImageBackend
+from isonyc_dagster.backends.base import BackendConfigError, BackendError, GenerationRequest, GenerationResult
 from isonyc_dagster.backends.gemini import DEFAULT_PROMPT as GEMINI_PROMPT
-from isonyc_dagster.backends.gemini import (
-    aspect_ratio,
-    build_generate_content,
-    check_style_refs,
-    extract_image,
-)
+from isonyc_dagster.backends.gemini import ContentOptions
 from isonyc_dagster.backends.modal import DEFAULT_PROMPT as INFILL_PROMPT
 from isonyc_dagster.backends.modal import new_seed
-from isonyc_dagster.backends.transport import AttemptError, CallFailed, HttpSettings, ResilientTransport
+from isonyc_dagster.backends.remote import RemoteBackend
+from isonyc_dagster.backends.transport import AttemptError, CallFailed, HttpSettings
+from isonyc_dagster.backends.validate import CheckedImage, checked_b64
+from isonyc_dagster.images import png_bytes
 
 
 def google_auth_token_provider(
@@ -77,12 +72,10 @@ def infill_mask_png(size: tuple[int, int], box: tuple[int, int, int, int]) -> by
         raise BackendError(f"vertex: infill_box {box} is not inside the {w}×{h} template")
     mask = np.zeros((h, w), np.uint8)
     mask[y0:y1, x0:x1] = 255
-    out = io.BytesIO()
-    Image.fromarray(mask, "L").save(out, format="PNG")
-    return out.getvalue()
+    return png_bytes(mask)
 
 
-class VertexBackend(ImageBackend):
+class VertexBackend(RemoteBackend):
     """Vertex AI (Gemini image or Imagen edit models) with 429 fallback to a second model."""
 
     name = "vertex"
@@ -107,11 +100,13 @@ class VertexBackend(ImageBackend):
         http: HttpSettings | None = None,
     ) -> None:
         if not project:
-            raise ValueError("vertex project is empty; give the GCP project id")
+            raise BackendConfigError("vertex project is empty; give the GCP project id")
         if not callable(token_provider):
-            raise ValueError("vertex token_provider must be a callable returning a bearer token")
+            raise BackendConfigError("vertex token_provider must be a callable returning a bearer token")
         if retry_max < 0 or retry_max_ms < 0 or fallback_after_429s < 1:
-            raise ValueError("vertex retry_max and retry_max_ms must be >= 0 and fallback_after_429s >= 1")
+            raise BackendConfigError(
+                "vertex retry_max and retry_max_ms must be >= 0 and fallback_after_429s >= 1"
+            )
         if endpoint is None:
             endpoint = (
                 "https://aiplatform.googleapis.com"
@@ -119,26 +114,20 @@ class VertexBackend(ImageBackend):
                 else f"https://{location}-aiplatform.googleapis.com"
             )
         if not endpoint.startswith(("http://", "https://")):
-            raise ValueError(f"vertex endpoint must be an http(s) URL, got {endpoint!r}")
+            raise BackendConfigError(f"vertex endpoint must be an http(s) URL, got {endpoint!r}")
         self.project = project
         self.location = location
-        self.model_id = model
         self.fallback_model = fallback_model
         self.endpoint = endpoint.rstrip("/")
-        self.retry_max = retry_max
-        self.retry_max_ms = retry_max_ms
         self.fallback_after_429s = fallback_after_429s
         self.default_prompt = default_prompt
-        self.image_size = image_size
-        self.require_style_ref = require_style_ref
-        self.max_style_refs = max_style_refs
-        self.accept_formats = tuple(accept_formats)
+        self.content = ContentOptions(image_size, max_style_refs, require_style_ref, tuple(accept_formats))
         self._token_provider = token_provider
-        base = http or HttpSettings()
-        settings = base.model_copy(
+        # retry_max / retry_max_ms are the pilot's names for these two HTTP settings.
+        settings = (http or HttpSettings()).model_copy(
             update={"max_attempts": retry_max + 1, "backoff_max_s": retry_max_ms / 1000.0}
         )
-        self.transport = ResilientTransport("vertex", settings)
+        super().__init__(model_id=model, http=settings)
 
     def __repr__(self) -> str:
         return (
@@ -201,41 +190,35 @@ class VertexBackend(ImageBackend):
                 "parameters": parameters,
             }
             return "predict", body
-        refs = request.style_refs[: self.max_style_refs]
-        body = build_generate_content(
-            request,
-            prompt=request.prompt or self.default_prompt or GEMINI_PROMPT,
-            style_refs=refs,
-            seed=seed,
-            aspect=aspect_ratio(size, backend=self.name),
-            image_size=self.image_size,
+        refs = request.style_refs[: self.content.max_style_refs]
+        prompt = request.prompt or self.default_prompt or GEMINI_PROMPT
+        body = self.content.body(
+            request, prompt=prompt, style_refs=refs, seed=seed, size=size, backend=self.name
         )
         return "generateContent", body
 
     def _call_model(
         self, model: str, request: GenerationRequest, size: tuple[int, int], seed: int, *, is_last: bool
-    ) -> tuple[transport.CheckedImage, str | None, int]:
+    ) -> tuple[CheckedImage, str | None, int]:
         method, body = self._body(model, request, size, seed)
         url = self._url(model, method)
         seen_429 = 0
 
-        def attempt() -> tuple[transport.CheckedImage, str | None]:
+        def attempt() -> tuple[CheckedImage, str | None]:
             headers = self._headers()
             data = self.transport.request_json(
                 "POST", url, what=f"{model}:{method}", json=body, headers=headers
             )
-            if method == "predict":
-                resp: ImagenResponse = transport.parse_model(ImagenResponse, data, what=f"{model}:predict")
-                try:
-                    raw = transport.decode_b64(resp.predictions[0].bytesBase64Encoded, what=f"{model} image")
-                except transport.InvalidImage as e:
-                    raise AttemptError(str(e), transient=True) from None
-                return transport.checked(
-                    raw, expected_size=size, what=f"{model} image", formats=self.accept_formats
-                ), None
-            return extract_image(
-                data, what=f"{model}:generateContent", expected_size=size, formats=self.accept_formats
+            if method == "generateContent":
+                return self.content.image(data, what=f"{model}:generateContent", size=size)
+            resp: ImagenResponse = transport.parse_model(ImagenResponse, data, what=f"{model}:predict")
+            image = checked_b64(
+                resp.predictions[0].bytesBase64Encoded,
+                expected_size=size,
+                what=f"{model} image",
+                formats=self.content.accept_formats,
             )
+            return image, None
 
         def give_up(err: AttemptError) -> bool:
             nonlocal seen_429
@@ -248,14 +231,8 @@ class VertexBackend(ImageBackend):
         return image, version, attempts
 
     def generate(self, request: GenerationRequest) -> GenerationResult:
-        start = time.monotonic()
-        size = transport.template_size(request, backend=self.name)
-        refs = request.style_refs[: self.max_style_refs]
-        if self.require_style_ref and not refs:
-            raise BackendError(
-                "vertex: no style reference in the request; pass one 2×2 reference tile in style_refs"
-            )
-        check_style_refs(refs, backend=self.name)
+        call = self._begin(request)
+        refs = self.content.style_refs(request, backend=self.name)
         seed = request.seed if request.seed is not None else new_seed()
         models = [self.model_id] + ([self.fallback_model] if self.fallback_model else [])
         fallbacks: list[dict[str, Any]] = []
@@ -263,7 +240,7 @@ class VertexBackend(ImageBackend):
         for i, model in enumerate(models):
             is_last = i == len(models) - 1
             try:
-                image, version, attempts = self._call_model(model, request, size, seed, is_last=is_last)
+                image, version, attempts = self._call_model(model, request, call.size, seed, is_last=is_last)
             except CallFailed as e:
                 total_attempts += e.attempts
                 if e.rate_limited and not is_last:
@@ -275,34 +252,21 @@ class VertexBackend(ImageBackend):
                         }
                     )
                     continue
-                tried = (
-                    f" (after falling back from {', '.join(f['from'] for f in fallbacks)})"
-                    if fallbacks
-                    else ""
-                )
-                raise CallFailed(
-                    f"{e}{tried}",
-                    retryable=e.retryable,
-                    attempts=total_attempts,
-                    status=e.status,
-                    rate_limited=e.rate_limited,
-                    circuit_open=e.circuit_open,
-                ) from None
+                # The same failure, counting every model's attempts and naming the ones given up on.
+                if fallbacks:
+                    e.args = (f"{e} (after falling back from {', '.join(f['from'] for f in fallbacks)})",)
+                e.attempts = total_attempts
+                raise
             total_attempts += attempts
-            provenance = transport.base_provenance(self.name, model, request)
-            provenance.update(
+            return call.result(
+                image.png,
                 seed=seed,
-                latency_s=transport.monotonic_latency(start),
                 attempts=total_attempts,
+                model_id=model,
                 primary_model=self.model_id,
                 fallbacks=fallbacks,
                 model_version=version,
                 style_refs=len(refs) if not model.startswith("imagen") else 0,
                 output_format=image.source_format,
-                output_sha256=transport.sha256(image.png),
             )
-            return GenerationResult(image.png, provenance)
         raise AssertionError("unreachable: the last model either returns or raises")
-
-    def close(self) -> None:
-        self.transport.close()

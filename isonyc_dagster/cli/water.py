@@ -12,12 +12,11 @@ import json
 import numpy as np
 from PIL import Image
 
+from isonyc_dagster import layers
 from isonyc_dagster.generate.water import fill_water, parse_color, soft_replace_color
 from isonyc_dagster.geo.config import ProjectConfig
 from isonyc_dagster.images import decode_rgb, png_bytes
 from isonyc_dagster.project import Project
-
-LAYER = "generation"
 
 
 def run_water_cli(args: argparse.Namespace, config: ProjectConfig) -> int:
@@ -34,7 +33,7 @@ def run_water_cli(args: argparse.Namespace, config: ProjectConfig) -> int:
         keys = [(args.x, args.y)]
     results = []
     for x, y in keys:
-        current = store.active(LAYER, x, y)
+        current = store.active(layers.GENERATION, x, y)
         if current is None:
             results.append({"quadrant": [x, y], "skipped": "no generation yet"})
             continue
@@ -42,7 +41,7 @@ def run_water_cli(args: argparse.Namespace, config: ProjectConfig) -> int:
         if args.water_command == "fill":
             region = None
             if args.mask_only:
-                mask_png = store.get_tile("water_mask", x, y)
+                mask_png = store.get_tile(layers.WATER_MASK, x, y)
                 if mask_png is None:
                     raise ValueError(f"quadrant ({x}, {y}) has no water mask: materialize water_mask first")
                 with Image.open(io.BytesIO(mask_png)) as m:
@@ -63,7 +62,7 @@ def run_water_cli(args: argparse.Namespace, config: ProjectConfig) -> int:
             "step": current.provenance.get("step"),
         }
         changed = int(np.count_nonzero(np.any(out != rgb, axis=-1)))
-        v = store.put_tile(LAYER, x, y, png_bytes(out), prov)
+        v = store.put_tile(layers.GENERATION, x, y, png_bytes(out), prov)
         results.append(
             {"quadrant": [x, y], "version": v.version, "pixels_changed": changed, "sha256": v.sha256}
         )

@@ -9,6 +9,7 @@ import warnings
 
 import dagster as dg
 
+from isonyc_dagster import layers
 from isonyc_dagster.defs.assets.generation import build_generation_asset
 from isonyc_dagster.defs.assets.geodata import geodata
 from isonyc_dagster.defs.assets.publish import build_export_assets
@@ -37,7 +38,7 @@ def build_definitions(config: ProjectConfig, *, generator: GeneratorResource | N
     render = build_render_asset(qp)
     steps = []
     for kind in StepKind:
-        deps = [dg.AssetDep("render", partition_mapping=maps.quadrant_to_step(kind))]
+        deps = [dg.AssetDep(layers.RENDER, partition_mapping=maps.quadrant_to_step(kind))]
         for up_kind, dx, dy in LatticeMappings.CONTEXT[kind]:
             deps.append(dg.AssetDep(STEP_ASSET_NAMES[up_kind], partition_mapping=maps.step_to_step(dx, dy)))
         steps.append(build_step_asset(kind, cp, deps))

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 
 import dagster as dg
 
+from isonyc_dagster import layers
+from isonyc_dagster.defs.assets.steps import STEP_ASSET_NAMES
 from isonyc_dagster.defs.partitions import key2, parse_key2
 from isonyc_dagster.defs.resources import ProjectResource
 from isonyc_dagster.generate.plan import StepKind
@@ -25,15 +27,10 @@ RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
 PARTITION_TAG = "dagster/partition"
 
-STEP_ASSETS = {
-    StepKind.BLOCK: "blocks",
-    StepKind.BRIDGE_V: "bridges_v",
-    StepKind.BRIDGE_H: "bridges_h",
-    StepKind.CORNER: "corners",
-}
-EXPORT_ASSETS = ("dzi_pyramid", "pmtiles_archive")
+STEP_ASSETS = STEP_ASSET_NAMES
+EXPORT_ASSETS = (layers.DZI_PYRAMID, layers.PMTILES_ARCHIVE)
 #: Partitions per run: bounded so one run stays minutes long and a failure loses little.
-MAX_PER_RUN = {"render": 128, "water_mask": 128, "generation": 128, "steps": 32}
+MAX_PER_RUN = {layers.RENDER: 128, layers.WATER_MASK: 128, layers.GENERATION: 128, "steps": 32}
 MAX_ATTEMPTS = 5
 COOLDOWN_S = 30.0
 
@@ -46,10 +43,10 @@ def job_name(asset: str) -> str:
 def build_jobs() -> list:
     """One asset job per scheduled asset: a sensor may only target jobs of a single partitions definition each."""
     jobs = [
-        dg.define_asset_job(job_name("geodata"), selection=["geodata"]),
+        dg.define_asset_job(job_name(layers.GEODATA), selection=[layers.GEODATA]),
         dg.define_asset_job(job_name("export"), selection=list(EXPORT_ASSETS)),
     ]
-    for asset in ("render", "generation", "water_mask"):
+    for asset in layers.QUADRANT_LAYERS:
         jobs.append(dg.define_asset_job(job_name(asset), selection=[asset]))
     for asset in STEP_ASSETS.values():
         jobs.append(dg.define_asset_job(job_name(asset), selection=[asset]))
@@ -80,13 +77,13 @@ def _add(progress: Progress, asset: str, keys: set[tuple[int, int]]) -> None:
         if asset == name:
             progress.steps[kind] |= keys
             return
-    if asset in ("render", "generation", "water_mask"):
+    if asset in layers.QUADRANT_LAYERS:
         getattr(progress, asset).update(keys)
 
 
 def materialized(instance: dg.DagsterInstance) -> Progress:
     done = Progress()
-    for asset in ("render", "generation", "water_mask", *STEP_ASSETS.values()):
+    for asset in (*layers.QUADRANT_LAYERS, *STEP_ASSETS.values()):
         keys = instance.get_materialized_partitions(dg.AssetKey(asset))
         _add(done, asset, {parse_key2(k) for k in keys})
     return done
@@ -165,10 +162,10 @@ def wave_run_requests(project: Project, instance: dg.DagsterInstance) -> tuple[l
     running = _scheduler_runs(instance, IN_FLIGHT)
     running_assets = {r.dagster_run.tags.get(ASSET_TAG) for r in running}
     slots = max_runs_in_flight() - len(running)
-    if instance.get_latest_materialization_event(dg.AssetKey("geodata")) is None:
-        if "geodata" in running_assets:
+    if instance.get_latest_materialization_event(dg.AssetKey(layers.GEODATA)) is None:
+        if layers.GEODATA in running_assets:
             return [], "waiting for geodata"
-        return [_request("geodata")], "geodata not prepared yet"
+        return [_request(layers.GEODATA)], "geodata not prepared yet"
     busy = in_flight(running)
     done = materialized(instance)
     blocked, given_up = cooling_down(instance)
@@ -177,9 +174,9 @@ def wave_run_requests(project: Project, instance: dg.DagsterInstance) -> tuple[l
     # Deepest waves first, so areas finish (and their context is used) before new areas start.
     for kind in (StepKind.CORNER, StepKind.BRIDGE_V, StepKind.BRIDGE_H, StepKind.BLOCK):
         out += _requests(STEP_ASSETS[kind], req.steps[kind], MAX_PER_RUN["steps"], str(kind.wave))
-    out += _requests("generation", req.generation, MAX_PER_RUN["generation"], "publish")
-    out += _requests("render", req.render, MAX_PER_RUN["render"], "render")
-    out += _requests("water_mask", req.water_mask, MAX_PER_RUN["water_mask"], "water")
+    out += _requests(layers.GENERATION, req.generation, MAX_PER_RUN[layers.GENERATION], "publish")
+    out += _requests(layers.RENDER, req.render, MAX_PER_RUN[layers.RENDER], "render")
+    out += _requests(layers.WATER_MASK, req.water_mask, MAX_PER_RUN[layers.WATER_MASK], "water")
     n_steps = len(project.plan.steps)
     n_done = sum(len(v) for v in done.steps.values())
     summary = (
@@ -203,10 +200,10 @@ def wave_run_requests(project: Project, instance: dg.DagsterInstance) -> tuple[l
 
 def _export_stale(instance: dg.DagsterInstance) -> bool:
     """The map is older than the newest generation (and its last refresh did not just fail)."""
-    gen = instance.get_latest_materialization_event(dg.AssetKey("generation"))
+    gen = instance.get_latest_materialization_event(dg.AssetKey(layers.GENERATION))
     if gen is None:
         return False
-    dzi = instance.get_latest_materialization_event(dg.AssetKey("dzi_pyramid"))
+    dzi = instance.get_latest_materialization_event(dg.AssetKey(layers.DZI_PYRAMID))
     if dzi is not None and gen.timestamp <= dzi.timestamp:
         return False
     failed = [

@@ -1,12 +1,14 @@
 """The seam pilot: generate a small w×h patch tile by tile and measure every seam.
 
-Raster order with neighbour mode ``left+top``: tile (x, y) is generated after its left and top
-neighbours were accepted. Its template is a 2×2-tile window whose bottom-right tile is the infill
-(the render with a 2 px #FF0000 border drawn inside it) and whose other three tiles are the accepted
-neighbours (top-left, top, left), or their renders where nothing was accepted yet (first row/column:
-padding the model sees but that is never kept — the original's 1×1-with-context case). K candidates
-per tile (different seeds) are scored against the accepted left and top neighbours over an
-``overlap_px`` band; the best is accepted.
+Raster order with neighbour mode ``left+top`` (``plan.raster_steps``): tile (x, y) is generated after its
+left and top neighbours were accepted. Its template (``template.build_template``) is a 2×2-tile window whose
+bottom-right tile is the infill (the render with a 2 px #FF0000 border drawn inside it) and whose other three
+tiles are the accepted neighbours (top-left, top, left), or their renders where nothing was accepted yet
+(first row/column: padding the model sees but that is never kept — the original's 1×1-with-context case).
+Each tile is one step run by ``step.run_step``, the code the Dagster step assets run: K candidates (different
+seeds) scored against the accepted left and top neighbours over an ``overlap_px`` band (only where the render
+continues across the edge, when render buffers are given); the best is accepted and committed to the pilot's
+own tile store (``<out>/store``).
 
 Output directory::
 
@@ -16,6 +18,7 @@ Output directory::
     mosaic.png                           the accepted patch
     seam_heatmap.png                     the patch dimmed, each scored edge coloured by its score
     report.json                          per tile: chosen candidate, all scores, attempts, model, fallbacks
+    store/                               the pilot's tile store (accepted tiles, every candidate, templates)
 
 ``report.json`` is rewritten (atomically) after every tile, so an interrupted pilot leaves a
 readable partial report. Rendering is injected (``render_tile(x, y) -> (T, T, 3) uint8``).
@@ -24,45 +27,23 @@ readable partial report. Rendering is injected (``render_tile(x, y) -> (T, T, 3)
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from isonyc_dagster.backends.base import BackendError, GenerationRequest, ImageBackend
-from isonyc_dagster.generate.candidates import generate_candidates
-from isonyc_dagster.generate.seams import DEFAULT_THRESHOLD
-from isonyc_dagster.images import decode_rgb, png_bytes
+from isonyc_dagster.backends.base import BackendError, ImageBackend
+from isonyc_dagster.fileio import atomic_write
+from isonyc_dagster.generate.plan import Step, raster_steps
+from isonyc_dagster.generate.seams import DEFAULT_THRESHOLD, EdgeKey
+from isonyc_dagster.generate.step import StepInputs, StepResult, StepSettings, run_step
+from isonyc_dagster.images import png_bytes
 
-RED = (255, 0, 0)
-BORDER_PX = 2
 REPORT_VERSION = 1
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def draw_red_border(img: np.ndarray, box: tuple[int, int, int, int], width: int = BORDER_PX) -> None:
-    """The template contract's outline: ``width`` px of pure #FF0000 *inside* ``box`` (in place)."""
-    x0, y0, x1, y1 = box
-    img[y0 : y0 + width, x0:x1] = RED
-    img[y1 - width : y1, x0:x1] = RED
-    img[y0:y1, x0 : x0 + width] = RED
-    img[y0:y1, x1 - width : x1] = RED
 
 
 def _score_color(score: float, threshold: float) -> tuple[int, int, int]:
@@ -101,6 +82,126 @@ def seam_heatmap(
     return np.array(im)
 
 
+@dataclass
+class _Render:
+    """An injected render: the RGB tile and, when given, its buffers (``step.Rendered``)."""
+
+    rgb: np.ndarray
+    buffers: dict[str, np.ndarray]
+
+    def aux(self) -> dict[str, np.ndarray]:
+        return self.buffers
+
+
+class _Renders:
+    """Checks and caches the injected renders: square (T, T, 3) uint8, one size for the whole patch."""
+
+    def __init__(
+        self,
+        render_tile: Callable[[int, int], np.ndarray],
+        render_aux: Callable[[int, int], dict[str, np.ndarray]] | None,
+    ) -> None:
+        self._rgb = render_tile
+        self._aux = render_aux
+        self.tile_px: int | None = None
+
+    def __call__(self, x: int, y: int) -> _Render:
+        arr = np.asarray(self._rgb(x, y))
+        if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8 or arr.shape[0] != arr.shape[1]:
+            raise ValueError(
+                f"render_tile({x}, {y}) must return a square (T, T, 3) uint8 array, got {arr.shape} {arr.dtype}"
+            )
+        if self.tile_px is None:
+            self.tile_px = arr.shape[0]
+        elif arr.shape[0] != self.tile_px:
+            raise ValueError(f"render_tile({x}, {y}) is {arr.shape[0]} px, other tiles are {self.tile_px} px")
+        return _Render(arr, self._aux(x, y) if self._aux is not None else {})
+
+
+def _check_args(neighbour_mode: str, w: int, h: int, k: int, overlap_px: int, out: Path, overwrite: bool) -> None:
+    if neighbour_mode != "left+top":
+        raise ValueError(
+            f"neighbour_mode {neighbour_mode!r} is not supported; the pilot runs 'left+top' (raster order)"
+        )
+    if w < 1 or h < 1:
+        raise ValueError(f"patch size must be at least 1×1, got {w}×{h}")
+    if k < 1:
+        raise ValueError(f"k (candidates per tile) must be >= 1, got {k}")
+    if overlap_px < 2:
+        raise ValueError(f"overlap_px must be >= 2, got {overlap_px}")
+    if (out / "report.json").exists() and not overwrite:
+        raise FileExistsError(
+            f"{out} already holds a pilot (report.json); choose a new out_dir or pass overwrite=True"
+        )
+
+
+def _tile_entry(out: Path, step: Step, result: StepResult, threshold: float) -> dict[str, Any]:
+    """Write the step's candidate and accepted tiles; its report entry with every candidate's scores."""
+    (x, y) = step.quadrants[0]
+    cset = result.candidates
+    assert cset is not None  # the pilot never reuses committed steps
+
+    def named(edge: EdgeKey) -> str:
+        return "left" if edge[0] == (x - 1, y) else "top"
+
+    cands = []
+    for c in cset.candidates:
+        entry = c.summary()
+        entry["scores"] = {named(key): round(s, 4) for key, s in c.scores.items()}
+        if c.ok:
+            fname = f"cand{c.index}_seed{c.seed}.png"
+            atomic_write(out / "candidates" / f"{x}_{y}" / fname, png_bytes(c.quadrants[(x, y)]), fsync=False)
+            entry["file"] = f"candidates/{x}_{y}/{fname}"
+        cands.append(entry)
+    best = cset.best
+    atomic_write(out / "tiles" / f"{x}_{y}.png", png_bytes(best.quadrants[(x, y)]), fsync=False)
+    best_scores = cands[best.index]["scores"]
+    return {
+        "x": x,
+        "y": y,
+        "chosen": best.index,
+        "chosen_seed": best.seed,
+        "score": round(best.score or 0.0, 4),
+        "scores": best_scores,
+        "over_threshold": any(s > threshold for s in best_scores.values()),
+        "model_id": cands[best.index]["model_id"],
+        "fallbacks": cands[best.index]["fallbacks"],
+        "candidates": cands,
+    }
+
+
+def _finish(out: Path, report: dict[str, Any], accepted: dict[tuple[int, int], np.ndarray], started: float) -> None:
+    """The mosaic, the seam heatmap and the summary of a completed pilot."""
+    x0, y0, w, h, T = report["x0"], report["y0"], report["w"], report["h"], report["tile_px"]
+    mosaic = np.zeros((h * T, w * T, 3), np.uint8)
+    for (x, y), tile in accepted.items():
+        mosaic[(y - y0) * T : (y - y0 + 1) * T, (x - x0) * T : (x - x0 + 1) * T] = tile
+    atomic_write(out / "mosaic.png", png_bytes(mosaic))
+    edges = []
+    for t in report["tiles"]:
+        col, row = t["x"] - x0, t["y"] - y0
+        for name, kind in (("left", "lr"), ("top", "tb")):
+            if name in t["scores"]:
+                edges.append((kind, col, row, t["scores"][name]))
+    heatmap = seam_heatmap(mosaic, edges, T, report["overlap_px"], report["threshold"])
+    atomic_write(out / "seam_heatmap.png", png_bytes(heatmap))
+    seams = [s for _, _, _, s in edges]
+    cands = [c for t in report["tiles"] for c in t["candidates"]]
+    report["status"] = "done"
+    report["summary"] = {
+        "tiles": len(report["tiles"]),
+        "edges": len(seams),
+        "mean_seam": round(float(np.mean(seams)), 4) if seams else None,
+        "max_seam": round(float(np.max(seams)), 4) if seams else None,
+        "edges_over_threshold": sum(s > report["threshold"] for s in seams),
+        "model_calls": len(cands),
+        "failed_candidates": sum(c["error"] is not None for c in cands),
+        "attempts": sum(c["attempts"] or 0 for c in cands),
+        "fallbacks": sum(len(c["fallbacks"]) for c in cands),
+        "wall_s": round(time.monotonic() - started, 3),
+    }
+
+
 def run_pilot(
     x0: int,
     y0: int,
@@ -115,8 +216,6 @@ def run_pilot(
     render_aux: Callable[[int, int], dict[str, np.ndarray]] | None = None,
     neighbour_mode: str = "left+top",
     prompt: str = "",
-    negative_prompt: str = "",
-    style_refs: tuple[bytes, ...] = (),
     base_seed: int | None = 0,
     threshold: float = DEFAULT_THRESHOLD,
     parallel: int = 1,
@@ -125,54 +224,33 @@ def run_pilot(
     """Run the seam pilot over tiles x0..x0+w-1 × y0..y0+h-1; write the outputs; return the report.
 
     ``render_aux(x, y)`` (optional) gives a tile's render buffers ("surface", "building", "height"); they are
-    assembled for the template window and sent as ``GenerationRequest.aux`` (remote models ignore them).
+    assembled for the template window and sent as ``GenerationRequest.aux`` (remote models ignore them), and
+    candidates are then scored only where the render continues across an edge.
 
     ``base_seed`` makes candidate seeds reproducible (tile n of the raster uses seeds
     ``base_seed + n·k + i``); ``None`` draws random seeds (recorded in the report). Raises
     :class:`BackendError` (after writing a partial report with ``status: "failed"``) when every
     candidate of a tile fails, since later tiles would lose their context.
     """
-    if neighbour_mode != "left+top":
-        raise ValueError(
-            f"neighbour_mode {neighbour_mode!r} is not supported; the pilot runs 'left+top' (raster order)"
-        )
-    if w < 1 or h < 1:
-        raise ValueError(f"patch size must be at least 1×1, got {w}×{h}")
-    if k < 1:
-        raise ValueError(f"k (candidates per tile) must be >= 1, got {k}")
-    if overlap_px < 2:
-        raise ValueError(f"overlap_px must be >= 2, got {overlap_px}")
+    from isonyc_dagster.store.local import LocalTileStore
+
     out = Path(out_dir)
-    if (out / "report.json").exists() and not overwrite:
-        raise FileExistsError(
-            f"{out} already holds a pilot (report.json); choose a new out_dir or pass overwrite=True"
-        )
-    out.mkdir(parents=True, exist_ok=True)
-
-    renders: dict[tuple[int, int], np.ndarray] = {}
-    tile_px: int | None = None
-
-    def render(x: int, y: int) -> np.ndarray:
-        nonlocal tile_px
-        if (x, y) not in renders:
-            arr = np.asarray(render_tile(x, y))
-            if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8 or arr.shape[0] != arr.shape[1]:
-                raise ValueError(
-                    f"render_tile({x}, {y}) must return a square (T, T, 3) uint8 array, got "
-                    f"{arr.shape} {arr.dtype}"
-                )
-            if tile_px is None:
-                tile_px = arr.shape[0]
-            elif arr.shape[0] != tile_px:
-                raise ValueError(f"render_tile({x}, {y}) is {arr.shape[0]} px, other tiles are {tile_px} px")
-            renders[(x, y)] = arr
-        return renders[(x, y)]
-
-    T = render(x0, y0).shape[0]
+    _check_args(neighbour_mode, w, h, k, overlap_px, out, overwrite)
+    renders = _Renders(render_tile, render_aux)
+    T = renders(x0, y0).rgb.shape[0]
     if overlap_px > T // 2:
         raise ValueError(f"overlap_px ({overlap_px}) must be at most half the tile ({T // 2})")
-
-    accepted: dict[tuple[int, int], np.ndarray] = {}
+    out.mkdir(parents=True, exist_ok=True)
+    store = LocalTileStore(out / "store", tile_size=(T, T))
+    inputs = StepInputs(store, stored=(), render=renders)
+    settings = StepSettings(
+        prompt=prompt,
+        generator_key=f"pilot:{backend.name}:{backend.model_id}",
+        candidates=k,
+        overlap_px=overlap_px,
+        reuse_committed=False,  # every pilot run samples anew: the report is about the candidates
+        parallel=parallel,
+    )
     report: dict[str, Any] = {
         "version": REPORT_VERSION,
         "status": "running",
@@ -190,121 +268,28 @@ def run_pilot(
         "tiles": [],
     }
     started = time.monotonic()
+    accepted: dict[tuple[int, int], np.ndarray] = {}
 
     def save_report() -> None:
-        _write_atomic(out / "report.json", json.dumps(report, indent=2).encode())
+        atomic_write(out / "report.json", json.dumps(report, indent=2).encode())
 
-    for n, (y, x) in enumerate((yy, xx) for yy in range(y0, y0 + h) for xx in range(x0, x0 + w)):
-        window = np.zeros((2 * T, 2 * T, 3), np.uint8)
-        for dx, dy in ((0, 0), (1, 0), (0, 1)):
-            nb = (x - 1 + dx, y - 1 + dy)
-            window[dy * T : (dy + 1) * T, dx * T : (dx + 1) * T] = accepted.get(nb, render(*nb))
-        window[T:, T:] = render(x, y)
-        draw_red_border(window, (T, T, 2 * T, 2 * T))
-        template = png_bytes(window)
-        cand_dir = out / "candidates" / f"{x}_{y}"
-        _write_atomic(cand_dir / "template.png", template)
-
-        aux: dict[str, np.ndarray] = {}
-        if render_aux is not None:  # the window's per-pixel render buffers, for backends that use them
-            parts = {(dx, dy): render_aux(x - 1 + dx, y - 1 + dy) for dx in (0, 1) for dy in (0, 1)}
-            aux = {
-                name: np.block(
-                    [[parts[(0, 0)][name], parts[(1, 0)][name]], [parts[(0, 1)][name], parts[(1, 1)][name]]]
-                )
-                for name in parts[(0, 0)]
-            }
-        context = {xy: accepted[xy] for xy in ((x - 1, y), (x, y - 1)) if xy in accepted}
-        request = GenerationRequest(
-            template_png=template,
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            seed=None if base_seed is None else base_seed + n * k,
-            style_refs=style_refs,
-            infill_box=(T, T, 2 * T, 2 * T),
-            origin_px=((x - 1) * T, (y - 1) * T),
-            aux=aux,
-        )
-
-        def split(png: bytes, x: int = x, y: int = y) -> dict[tuple[int, int], np.ndarray]:
-            img = decode_rgb(png)
-            if img.shape[:2] != (2 * T, 2 * T):
-                raise ValueError(f"output is {img.shape[1]}×{img.shape[0]}, expected {2 * T}×{2 * T}")
-            return {(x, y): img[T:, T:].copy()}
-
+    for n, step in enumerate(raster_steps(x0, y0, w, h, quadrant_px=T)):
+        (x, y) = step.quadrants[0]
+        template = inputs.template(step)
+        atomic_write(out / "candidates" / f"{x}_{y}" / "template.png", template.png, fsync=False)
+        seed = None if base_seed is None else base_seed + n * k
         try:
-            cset = generate_candidates(
-                backend, request, k, split=split, context=context, overlap_px=overlap_px, parallel=parallel
-            )
+            result = run_step(store, backend, step, inputs, template, settings, seed=seed)
         except BackendError as e:
             report["tiles"].append({"x": x, "y": y, "error": str(e)})
             report["status"] = "failed"
             report["error"] = f"tile ({x}, {y}): {e}"
             save_report()
             raise
-
-        def named(
-            edge_key: tuple[tuple[int, int], tuple[int, int]], left: tuple[int, int] = (x - 1, y)
-        ) -> str:
-            return "left" if edge_key[0] == left else "top"
-
-        cands = []
-        for c in cset.candidates:
-            entry = c.summary()
-            entry["scores"] = {named(key): round(s, 4) for key, s in c.scores.items()}
-            if c.ok:
-                fname = f"cand{c.index}_seed{c.seed}.png"
-                _write_atomic(cand_dir / fname, png_bytes(c.quadrants[(x, y)]))
-                entry["file"] = f"candidates/{x}_{y}/{fname}"
-            cands.append(entry)
-        best = cset.best
-        tile = best.quadrants[(x, y)]
-        accepted[(x, y)] = tile
-        _write_atomic(out / "tiles" / f"{x}_{y}.png", png_bytes(tile))
-        best_scores = cands[best.index]["scores"]
-        report["tiles"].append(
-            {
-                "x": x,
-                "y": y,
-                "chosen": best.index,
-                "chosen_seed": best.seed,
-                "score": round(best.score or 0.0, 4),
-                "scores": best_scores,
-                "over_threshold": any(s > threshold for s in best_scores.values()),
-                "model_id": cands[best.index]["model_id"],
-                "fallbacks": cands[best.index]["fallbacks"],
-                "candidates": cands,
-            }
-        )
+        report["tiles"].append(_tile_entry(out, step, result, threshold))
+        assert result.candidates is not None
+        accepted[(x, y)] = result.candidates.best.quadrants[(x, y)]
         save_report()
-
-    mosaic = np.zeros((h * T, w * T, 3), np.uint8)
-    for (x, y), tile in accepted.items():
-        mosaic[(y - y0) * T : (y - y0 + 1) * T, (x - x0) * T : (x - x0 + 1) * T] = tile
-    _write_atomic(out / "mosaic.png", png_bytes(mosaic))
-    edges = []
-    for t in report["tiles"]:
-        col, row = t["x"] - x0, t["y"] - y0
-        if "left" in t["scores"]:
-            edges.append(("lr", col, row, t["scores"]["left"]))
-        if "top" in t["scores"]:
-            edges.append(("tb", col, row, t["scores"]["top"]))
-    _write_atomic(out / "seam_heatmap.png", png_bytes(seam_heatmap(mosaic, edges, T, overlap_px, threshold)))
-
-    seam_values = [s for _, _, _, s in edges]
-    all_cands = [c for t in report["tiles"] for c in t["candidates"]]
-    report["status"] = "done"
-    report["summary"] = {
-        "tiles": len(report["tiles"]),
-        "edges": len(seam_values),
-        "mean_seam": round(float(np.mean(seam_values)), 4) if seam_values else None,
-        "max_seam": round(float(np.max(seam_values)), 4) if seam_values else None,
-        "edges_over_threshold": sum(s > threshold for s in seam_values),
-        "model_calls": len(all_cands),
-        "failed_candidates": sum(c["error"] is not None for c in all_cands),
-        "attempts": sum(c["attempts"] or 0 for c in all_cands),
-        "fallbacks": sum(len(c["fallbacks"]) for c in all_cands),
-        "wall_s": round(time.monotonic() - started, 3),
-    }
+    _finish(out, report, accepted, started)
     save_report()
     return report

@@ -1,4 +1,4 @@
-"""Seam-free generation plan: the period-3 lattice of DESIGN.md §3 over any set of quadrants.
+"""Seam-free generation plan: the period-3 lattice of docs/ARCHITECTURE.md, 'The lattice' over any set of quadrants.
 
 Lattice cell (bx, by) owns the 3×3 quadrants ``x ∈ ox+3bx .. ox+3bx+2``, ``y ∈ oy+3by .. oy+3by+2``::
 
@@ -29,11 +29,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 from functools import cached_property
 
+from isonyc_dagster.errors import IsonycError
+from isonyc_dagster.geo.boxes import PixelBox
+
 Quadrant = tuple[int, int]
-Box = tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive end)
 
 
-class PlanError(ValueError):
+class PlanError(IsonycError, ValueError):
     """Bad input to the planner, or a plan/step that breaks the seam-free rules."""
 
 
@@ -104,7 +106,7 @@ class Step:
     quadrants: tuple[Quadrant, ...]
     context: tuple[Quadrant, ...]
     window: tuple[int, int]
-    infill: Box
+    infill: PixelBox
     footprint: tuple[Quadrant, ...]
     quadrant_px: int = 512
 
@@ -123,17 +125,17 @@ class Step:
         return 2 * self.quadrant_px
 
     @property
-    def window_box(self) -> Box:
+    def window_box(self) -> PixelBox:
         """The template window in world pixels."""
         x0, y0 = self.window
-        return (x0, y0, x0 + self.window_px, y0 + self.window_px)
+        return PixelBox(x0, y0, x0 + self.window_px, y0 + self.window_px)
 
     @property
-    def infill_world(self) -> Box:
+    def infill_world(self) -> PixelBox:
         """The infill rectangle in world pixels."""
         x0, y0 = self.window
         a, b, c, d = self.infill
-        return (x0 + a, y0 + b, x0 + c, y0 + d)
+        return PixelBox(x0 + a, y0 + b, x0 + c, y0 + d)
 
     @property
     def padding(self) -> tuple[Quadrant, ...]:
@@ -146,35 +148,35 @@ class Step:
         return quadrants_overlapping(self.window_box, self.quadrant_px)
 
 
-def quadrants_overlapping(box: Box, q: int) -> list[Quadrant]:
+def quadrants_overlapping(box: PixelBox, q: int) -> list[Quadrant]:
     """Quadrants whose pixels intersect a world-pixel box (row-major)."""
     x0, y0, x1, y1 = box
     return [(x, y) for y in range(y0 // q, (y1 - 1) // q + 1) for x in range(x0 // q, (x1 - 1) // q + 1)]
 
 
-def _inside(inner: Box, outer: Box) -> bool:
+def _inside(inner: PixelBox, outer: PixelBox) -> bool:
     return outer[0] <= inner[0] and outer[1] <= inner[1] and inner[2] <= outer[2] and inner[3] <= outer[3]
 
 
-def _overlaps(a: Box, b: Box) -> bool:
+def _overlaps(a: PixelBox, b: PixelBox) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
-def _quadrant_box(x: int, y: int, q: int) -> Box:
-    return (x * q, y * q, (x + 1) * q, (y + 1) * q)
+def _quadrant_box(x: int, y: int, q: int) -> PixelBox:
+    return PixelBox(x * q, y * q, (x + 1) * q, (y + 1) * q)
 
 
-def _edge_strip(own: Quadrant, nb: Quadrant, depth: int, q: int) -> Box:
+def _edge_strip(own: Quadrant, nb: Quadrant, depth: int, q: int) -> PixelBox:
     """The pixels of neighbour ``nb`` within ``depth`` px of its shared edge with ``own``."""
     bx0, by0, bx1, by1 = _quadrant_box(*nb, q)
     dx, dy = nb[0] - own[0], nb[1] - own[1]
     if dx == -1:
-        return (bx1 - depth, by0, bx1, by1)
+        return PixelBox(bx1 - depth, by0, bx1, by1)
     if dx == 1:
-        return (bx0, by0, bx0 + depth, by1)
+        return PixelBox(bx0, by0, bx0 + depth, by1)
     if dy == -1:
-        return (bx0, by1 - depth, bx1, by1)
-    return (bx0, by0, bx1, by0 + depth)
+        return PixelBox(bx0, by1 - depth, bx1, by1)
+    return PixelBox(bx0, by0, bx1, by0 + depth)
 
 
 class LatticePlan:
@@ -432,6 +434,27 @@ def check_step_legal(plan: LatticePlan, step: Step) -> list[str]:
 
 
 # --- internals ------------------------------------------------------------------------------------
+def raster_steps(x0: int, y0: int, w: int, h: int, *, quadrant_px: int = 512) -> list[Step]:
+    """The original's raster order over quadrants x0..x0+w-1 × y0..y0+h-1, as 1×1 steps (the seam pilot).
+
+    Each quadrant is the bottom-right of its 2×2 window, with its left, top and top-left neighbours inside
+    the patch as context (accepted earlier in raster order); neighbours outside the patch are padding, shown
+    as render and never kept. Unlike the lattice, right and bottom edges are generated blind: this plan
+    exists to measure seams, not to avoid them.
+    """
+    q = quadrant_px
+    patch = {(x0 + i, y0 + j) for j in range(h) for i in range(w)}
+    steps = []
+    for y in range(y0, y0 + h):
+        for x in range(x0, x0 + w):
+            context = tuple(nb for nb in ((x - 1, y - 1), (x, y - 1), (x - 1, y)) if nb in patch)
+            window = ((x - 1) * q, (y - 1) * q)
+            steps.append(
+                Step(StepKind.CORNER, (x, y), ((x, y),), context, window, PixelBox(q, q, 2 * q, 2 * q), ((x, y),), q)
+            )
+    return steps
+
+
 def _kind(kind: StepKind | str) -> StepKind:
     try:
         return StepKind(kind)
@@ -483,7 +506,7 @@ def _place(kind, cell, own, origin, q, qs, wave_of) -> Step:
     bottom = any(earlier((fx + i, fy + h)) for i in range(w))
     x0 = _axis_start(fx, w, left, right, q)
     y0 = _axis_start(fy, h, top, bottom, q)
-    infill = (fx * q - x0, fy * q - y0, (fx + w) * q - x0, (fy + h) * q - y0)
-    win = (x0, y0, x0 + 2 * q, y0 + 2 * q)
+    infill = PixelBox(fx * q - x0, fy * q - y0, (fx + w) * q - x0, (fy + h) * q - y0)
+    win = PixelBox(x0, y0, x0 + 2 * q, y0 + 2 * q)
     context = tuple(qd for qd in quadrants_overlapping(win, q) if qd not in footprint and earlier(qd))
     return Step(kind, cell, own, context, (x0, y0), infill, footprint, q)

@@ -1,13 +1,18 @@
-"""Automatic per-quadrant QA of generated pixels (pure numpy; the Dagster checks call it)."""
+"""Automatic per-quadrant QA of generated pixels: red-border remnants, blank or sky output, seams with the
+quadrants of other steps. The Dagster checks report what this finds."""
 
 from __future__ import annotations
 
+from collections.abc import Container
 from dataclasses import dataclass, field
 
 import numpy as np
 
-#: Pure red (±8): leftovers of the template's infill border.
-RED_TOLERANCE = 8
+from isonyc_dagster.generate.plan import LatticePlan
+from isonyc_dagster.generate.seams import seam_score
+from isonyc_dagster.generate.step import StepInputs
+from isonyc_dagster.generate.template import red_mask
+
 #: More red pixels than this in one quadrant fails the check.
 MAX_RED_PX = 16
 #: A quadrant whose pixels vary less than this (std over all channels) is blank.
@@ -36,14 +41,26 @@ class QuadrantQA:
     def seams_ok(self, threshold: float) -> bool:
         return all(v <= threshold for v in self.seams.values())
 
+    def failures(self, seam_threshold: float) -> dict[str, list[float | int]]:
+        """The failed checks (``seams``, ``no_red_border``, ``not_blank``) with the figures that failed them."""
+        out: dict[str, list[float | int]] = {}
+        if not self.seams_ok(seam_threshold):
+            out["seams"] = [round(v, 3) for v in self.seams.values()]
+        if not self.red_ok:
+            out["no_red_border"] = [self.red_px]
+        if not self.blank_ok:
+            out["not_blank"] = [round(self.std, 2), round(self.sky_fraction, 4)]
+        return out
+
+
+#: The QA checks, in report order.
+CHECKS = ("seams", "no_red_border", "not_blank")
+
+_EDGES = (("left", -1, 0), ("right", 1, 0), ("top", 0, -1), ("bottom", 0, 1))
+
 
 def red_pixels(rgb: np.ndarray) -> int:
-    c = rgb[..., :3].astype(np.int16)
-    return int(
-        np.count_nonzero(
-            (c[..., 0] >= 255 - RED_TOLERANCE) & (c[..., 1] <= RED_TOLERANCE) & (c[..., 2] <= RED_TOLERANCE)
-        )
-    )
+    return int(np.count_nonzero(red_mask(rgb)))
 
 
 def sky_fraction(rgb: np.ndarray) -> float:
@@ -53,3 +70,23 @@ def sky_fraction(rgb: np.ndarray) -> float:
 
 def assess(rgb: np.ndarray) -> QuadrantQA:
     return QuadrantQA(red_px=red_pixels(rgb), std=float(rgb[..., :3].std()), sky_fraction=sky_fraction(rgb))
+
+
+def assess_quadrant(inputs: StepInputs, plan: LatticePlan, bounds: Container[tuple[int, int]], x: int, y: int) -> QuadrantQA:
+    """QA of generated quadrant (x, y), with a seam score for every edge it shares with a generated quadrant of
+    another step inside ``bounds``, measured only where the render continues across the edge."""
+    rgb = inputs.generated_rgb(x, y)
+    if rgb is None:
+        raise ValueError(f"quadrant ({x}, {y}) has no generated pixels")
+    qa = assess(rgb)
+    own = plan.step_for_quadrant(x, y).quadrants
+    for name, dx, dy in _EDGES:
+        nb = (x + dx, y + dy)
+        if nb in own or nb not in bounds or inputs.generated_rgb(*nb) is None:
+            continue
+        first, second = (nb, (x, y)) if name in ("left", "top") else ((x, y), nb)
+        a, b = inputs.generated_rgb(*first), inputs.generated_rgb(*second)
+        assert a is not None and b is not None
+        edge = "lr" if name in ("left", "right") else "tb"
+        qa.seams[name] = float(seam_score(a, b, edge, mask=inputs.edge_mask(first, second)))
+    return qa

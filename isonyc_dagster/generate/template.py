@@ -28,15 +28,15 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from isonyc_dagster.errors import IsonycError
 from isonyc_dagster.generate.plan import Quadrant, Step
-from isonyc_dagster.geo.surfaces import PALETTE, Surface
+from isonyc_dagster.geo.boxes import PixelBox
+from isonyc_dagster.geo.surfaces import BORDER_PX, BORDER_RGB, PALETTE, Surface
 from isonyc_dagster.images import png_bytes
 
 RGBFn = Callable[[int, int], np.ndarray | None]
 AuxFn = Callable[[int, int], dict[str, np.ndarray] | None]
 
-BORDER_PX = 2
-BORDER_RGB = (255, 0, 0)
 #: Channel tolerance for "pure red" remnants: lossless outputs match exactly; the slack only absorbs a
 #: model's off-by-a-few colours, and stays far from any real red in pixel art (no palette colour is near).
 RED_TOLERANCE = 8
@@ -47,7 +47,7 @@ UNIFORM_STD = 2.0
 PNG_COMPRESS_LEVEL = 6
 
 
-class TemplateError(RuntimeError):
+class TemplateError(IsonycError, RuntimeError):
     """A template cannot be built or a model output cannot be used. ``retryable``: a later try may work."""
 
     retryable = False
@@ -168,12 +168,7 @@ def build_template(
     for (x, y), img in images.items():
         _paste(rgb, img, x * q - wx0, y * q - wy0)
 
-    x0, y0, x1, y1 = step.infill
-    b = BORDER_PX
-    rgb[y0 : y0 + b, x0:x1] = BORDER_RGB
-    rgb[y1 - b : y1, x0:x1] = BORDER_RGB
-    rgb[y0:y1, x0 : x0 + b] = BORDER_RGB
-    rgb[y0:y1, x1 - b : x1] = BORDER_RGB
+    draw_red_border(rgb, step.infill)
     rgb.setflags(write=False)
 
     aux = _assemble_aux(step, render_aux) if render_aux is not None else {}
@@ -220,13 +215,8 @@ def extract_quadrants(
                 "transparent", f"{alpha_bad} pixels of the generated quadrants are (partly) transparent"
             )
     rgb = out[..., :3]
-    infill = rgb[y0:y1, x0:x1].astype(np.int16)
-    red = (
-        (infill[..., 0] >= 255 - RED_TOLERANCE)
-        & (infill[..., 1] <= RED_TOLERANCE)
-        & (infill[..., 2] <= RED_TOLERANCE)
-    )
-    n_red = int(np.count_nonzero(red))
+    infill = rgb[y0:y1, x0:x1]
+    n_red = int(np.count_nonzero(red_mask(infill)))
     if n_red > max_red_px:
         raise OutputRejected(
             "red_border",
@@ -247,6 +237,21 @@ def extract_quadrants(
         tx, ty = x * q - wx0, y * q - wy0
         result[(x, y)] = rgb[ty : ty + q, tx : tx + q].copy()  # own, writable, contiguous
     return result
+
+
+def draw_red_border(img: np.ndarray, box: PixelBox | tuple[int, int, int, int], width: int = BORDER_PX) -> None:
+    """The template contract's outline: ``width`` px of pure #FF0000 *inside* ``box`` (in place)."""
+    x0, y0, x1, y1 = box
+    img[y0 : y0 + width, x0:x1] = BORDER_RGB
+    img[y1 - width : y1, x0:x1] = BORDER_RGB
+    img[y0:y1, x0 : x0 + width] = BORDER_RGB
+    img[y0:y1, x1 - width : x1] = BORDER_RGB
+
+
+def red_mask(rgb: np.ndarray) -> np.ndarray:
+    """Pixels within ``RED_TOLERANCE`` of the border's pure red: what a model left of the border."""
+    c = rgb[..., :3].astype(np.int16)
+    return (c[..., 0] >= 255 - RED_TOLERANCE) & (c[..., 1] <= RED_TOLERANCE) & (c[..., 2] <= RED_TOLERANCE)
 
 
 # --- internals ------------------------------------------------------------------------------------

@@ -21,17 +21,56 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
 
+from isonyc_dagster import layers
 from isonyc_dagster.geo.surfaces import Surface
-from isonyc_dagster.store.base import Water
+from isonyc_dagster.images import png_bytes
+from isonyc_dagster.store.base import TileStore, TileVersion, Water
 
 #: The canonical water colour of isometric.nyc (its models were trained to emit it).
 WATER_RGB: tuple[int, int, int] = (74, 99, 114)  # #4A6372
 
 Color = tuple[int, int, int] | str
+
+#: Soft-mask falloff from the shoreline into open water, in pixels.
+FALLOFF_PX = 8.0
+#: zlib level of stored masks (lossless; fast).
+MASK_PNG_LEVEL = 3
+
+
+@dataclass(frozen=True)
+class StoredMask:
+    kind: Water
+    png: bytes
+    water_fraction: float
+    version: TileVersion
+
+
+def store_water_mask(
+    store: TileStore,
+    render_aux: Callable[[int, int], dict[str, np.ndarray]],
+    x: int,
+    y: int,
+    *,
+    quadrant_px: int,
+    falloff_px: float = FALLOFF_PX,
+) -> StoredMask:
+    """Classify quadrant (x, y), compute its seamless mask from its and its neighbours' render buffers, and
+    store the mask (``water_mask`` layer) and the class (the quadrant's ``water`` flag)."""
+    margin = seamless_margin(falloff_px)
+    surface = surface_with_margin(lambda a, b: render_aux(a, b)["surface"], x, y, margin, quadrant_px=quadrant_px)
+    kind = classify_water(render_aux(x, y)["surface"])
+    mask = water_mask(surface, falloff_px, margin_px=margin)
+    png = png_bytes(mask, compress_level=MASK_PNG_LEVEL)
+    provenance = {"source": "render surface buffer", "falloff_px": falloff_px}
+    version = store.put_tile(layers.WATER_MASK, x, y, png, provenance)
+    store.set_flags(x, y, water=kind)
+    fraction = round(float(np.count_nonzero(mask)) / mask.size, 4)
+    return StoredMask(kind, png, fraction, version)
 
 
 def classify_water(surface: np.ndarray, *, tolerance: float = 0.001) -> Water:

@@ -1,7 +1,7 @@
 """Wave scheduling (pure): which renders, steps and quadrants can run now, grouped into rectangles.
 
 Dagster cannot express "a step waits for its neighbours" for static or multi partitions, and its backfills launch
-dependants before their context exists (DESIGN.md §3), so the project orders generation itself: a step is *ready*
+dependants before their context exists (docs/ARCHITECTURE.md), so the project orders generation itself: a step is *ready*
 when its renders and every step it uses as context are materialized and it is neither done nor in flight. Ready keys
 are packed into rectangles because a multi-partition key range is a rectangle: one run per rectangle, few runs per
 wave.
@@ -13,17 +13,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from isonyc_dagster.generate.plan import LatticePlan, StepKind, kind_at
+from isonyc_dagster.geo.boxes import QuadRect
 
 Key2 = tuple[int, int]
-Rect = tuple[int, int, int, int]  # a0, b0, a1, b1 inclusive
 
 
-def rectangles(keys: Iterable[Key2], max_area: int = 64) -> list[Rect]:
+def rectangles(keys: Iterable[Key2], max_area: int = 64) -> list[QuadRect]:
     """Cover ``keys`` exactly with disjoint rectangles of at most ``max_area`` keys (greedy, row-major)."""
     if max_area < 1:
         raise ValueError("max_area must be ≥ 1")
     remaining = set(keys)
-    out: list[Rect] = []
+    out: list[QuadRect] = []
     for a, b in sorted(remaining, key=lambda k: (k[1], k[0])):
         if (a, b) not in remaining:
             continue
@@ -37,18 +37,17 @@ def rectangles(keys: Iterable[Key2], max_area: int = 64) -> list[Rect]:
         for j in range(b, b1 + 1):
             for i in range(a, a1 + 1):
                 remaining.discard((i, j))
-        out.append((a, b, a1, b1))
+        out.append(QuadRect(a, b, a1, b1))
     return out
 
 
-def rect_keys(rect: Rect) -> set[Key2]:
-    a0, b0, a1, b1 = rect
-    return {(i, j) for i in range(a0, a1 + 1) for j in range(b0, b1 + 1)}
+def rect_keys(rect: QuadRect | tuple[int, int, int, int]) -> set[Key2]:
+    return set(QuadRect(*rect).keys())
 
 
 @dataclass
-class Progress:
-    """What is materialized (or in flight): quadrant keys per quadrant asset, cells per step kind."""
+class AssetKeys:
+    """Keys per asset: quadrant keys per quadrant asset, cells per step kind."""
 
     render: set[Key2] = field(default_factory=set)
     steps: dict[StepKind, set[Key2]] = field(default_factory=lambda: {k: set() for k in StepKind})
@@ -56,14 +55,12 @@ class Progress:
     water_mask: set[Key2] = field(default_factory=set)
 
 
-@dataclass
-class WaveRequests:
+class Progress(AssetKeys):
+    """What is materialized (or in flight)."""
+
+
+class WaveRequests(AssetKeys):
     """Keys to run now, per asset."""
-
-    render: set[Key2] = field(default_factory=set)
-    steps: dict[StepKind, set[Key2]] = field(default_factory=lambda: {k: set() for k in StepKind})
-    generation: set[Key2] = field(default_factory=set)
-    water_mask: set[Key2] = field(default_factory=set)
 
     def empty(self) -> bool:
         return not (self.render or self.generation or self.water_mask or any(self.steps.values()))

@@ -19,6 +19,8 @@ from shapely import affinity
 from shapely.geometry import MultiPolygon, Polygon, shape
 from shapely.geometry.base import BaseGeometry
 
+from isonyc_dagster.errors import IsonycError
+from isonyc_dagster.geo.boxes import QuadRect
 from isonyc_dagster.geo.geometry import MapGeometry
 
 PRESETS = ("demo", "manhattan", "nyc")
@@ -33,7 +35,7 @@ DEMO_POLYGON_LNGLAT: list[tuple[float, float]] = [
 ]
 
 
-class BoundsError(ValueError):
+class BoundsError(IsonycError, ValueError):
     """The bounds cannot be used (unreadable file, not a polygon, outside the map, ...)."""
 
 
@@ -44,11 +46,11 @@ class QuadrantSet:
     keys: tuple[tuple[int, int], ...]  # sorted by (y, x)
 
     @property
-    def bbox(self) -> tuple[int, int, int, int]:
-        """Inclusive (x0, y0, x1, y1)."""
+    def bbox(self) -> QuadRect:
+        """The bounding rectangle of the quadrants (inclusive)."""
         xs = [k[0] for k in self.keys]
         ys = [k[1] for k in self.keys]
-        return min(xs), min(ys), max(xs), max(ys)
+        return QuadRect(min(xs), min(ys), max(xs), max(ys))
 
     def __len__(self) -> int:
         return len(self.keys)

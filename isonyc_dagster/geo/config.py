@@ -9,8 +9,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from isonyc_dagster.errors import IsonycError
 
-class ConfigError(ValueError):
+
+class ConfigError(IsonycError, ValueError):
     """A configuration file or value is invalid; the message names the field and the fix."""
 
 

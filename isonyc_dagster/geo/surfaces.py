@@ -53,3 +53,7 @@ def classes_from_rgb(rgb: np.ndarray) -> np.ndarray:
         if s is not Surface.NONE:
             out[key == ((r << 16) | (g << 8) | b)] = int(s)
     return out
+
+#: The template contract's outline: pure red, drawn this many pixels wide *inside* the infill rectangle.
+BORDER_RGB = (255, 0, 0)
+BORDER_PX = 2

@@ -22,6 +22,7 @@ from pyproj.exceptions import CRSError
 from shapely.geometry import MultiPolygon, Polygon
 from shapely.geometry.base import BaseGeometry
 
+from isonyc_dagster.errors import IsonycError
 from isonyc_dagster.geo.geometry import MapGeometry
 from isonyc_dagster.geodata.model import DEFAULT_UNKNOWN_HEIGHT_M, Building, Park, Road
 
@@ -118,7 +119,7 @@ IGNORED_HIGHWAYS = frozenset(
 )
 
 
-class GeodataError(ValueError):
+class GeodataError(IsonycError, ValueError):
     """Geodata cannot be read or makes no sense; the message names the file/feature and the fix."""
 
 
@@ -396,7 +397,9 @@ def polygonal(geom: BaseGeometry | None) -> Polygon | MultiPolygon | None:
     return polys[0] if len(polys) == 1 else MultiPolygon(polys)
 
 
-def repair_polygons(geoms: np.ndarray, ids: Sequence[str], report: ReadReport, what: str) -> list:
+def repair_polygons(
+    geoms: np.ndarray, ids: Sequence[str], report: ReadReport, what: str
+) -> list[Polygon | MultiPolygon | None]:
     """Make invalid polygons valid (keeping polygonal parts); None for those that end up empty or
     degenerate, reported by id in one warning."""
     geoms = np.asarray(geoms, dtype=object)
@@ -415,7 +418,7 @@ def repair_polygons(geoms: np.ndarray, ids: Sequence[str], report: ReadReport, w
     area = shapely.area(out)
     bad = ~(area >= MIN_POLYGON_AREA_M2)  # NaN (missing) counts as bad
     out[bad] = None
-    dropped = [ids[i] for i in np.flatnonzero(bad)]
+    dropped = [ids[i] for i in np.flatnonzero(bad).tolist()]
     report.dropped_empty += dropped
     report.warn_ids(
         f"dropped {len(dropped)} {what}(s) whose geometry is empty or degenerate (< {MIN_POLYGON_AREA_M2} m²)",
@@ -440,6 +443,62 @@ def row_ids(cols: Columns, prefix: str) -> list[str]:
     return unique_ids(cols.texts(ID_FIELDS), prefix)
 
 
+@dataclass(frozen=True)
+class Rows:
+    """Some rows of one source, as the ``make_*`` functions take them: ``geoms[k]`` (ground metres) is the
+    geometry of row ``rows[k]``; ``cols`` and ``ids`` cover every row of the source."""
+
+    geoms: np.ndarray
+    cols: Columns
+    ids: Sequence[str]
+    rows: list[int]
+
+    def row_ids(self) -> list[str]:
+        """The ids of the selected rows, in ``geoms`` order."""
+        return [self.ids[r] for r in self.rows]
+
+    def take(self, mask: np.ndarray) -> Rows:
+        """The selected rows where ``mask`` (one bool per selected row) holds."""
+        keep = np.flatnonzero(mask)
+        return Rows(self.geoms[keep], self.cols, self.ids, [self.rows[k] for k in keep.tolist()])
+
+
+def ground_features(
+    geometry: MapGeometry,
+    geoms: np.ndarray,
+    attrs: Mapping[str, Sequence[Any]],
+    report: ReadReport,
+    *,
+    id_prefix: str,
+    what: str,
+    src_crs: CRS | None = None,
+) -> Rows:
+    """Every row of a source, its geometry projected to ground metres. Ids come from the id fields
+    (``id_prefix:row`` where there is none); rows without geometry keep None and are reported as ``what``."""
+    report.features_read = len(geoms)
+    cols = Columns(attrs, len(geoms))
+    ids = row_ids(cols, id_prefix)
+    present = ~shapely.is_missing(geoms) & ~shapely.is_empty(geoms)
+    no_geom = [ids[i] for i in np.flatnonzero(~present).tolist()]
+    report.dropped_empty += no_geom
+    report.warn_ids(f"dropped {len(no_geom)} {what}(s) without geometry", no_geom)
+    ground = np.full(len(geoms), None, dtype=object)
+    ground[present] = project_to_ground(geometry, geoms[present], src_crs=src_crs, source=report.source)
+    return Rows(ground, cols, ids, list(range(len(geoms))))
+
+
+def in_window(sel: Rows, window: BaseGeometry | None, report: ReadReport) -> Rows:
+    """The rows of ``sel`` whose geometry intersects ``window`` (every row with a geometry when there is no
+    window); the other rows with a geometry count as outside the window."""
+    present = ~shapely.is_missing(sel.geoms)
+    inside = present
+    if window is not None:
+        shapely.prepare(window)
+        inside = present & np.asarray(shapely.intersects(window, sel.geoms), dtype=bool)
+    report.outside_window += int((present & ~inside).sum())
+    return sel.take(inside)
+
+
 # --- normalization per kind -------------------------------------------------------------------------
 def building_heights(cols: Columns) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(height_m, base_m, estimated) per row from whatever height fields the source has: metres fields
@@ -462,26 +521,17 @@ def placeholders(cols: Columns) -> np.ndarray:
 
 
 def make_buildings(
-    geoms: Sequence[BaseGeometry | None],
-    cols: Columns,
-    ids: Sequence[str],
-    report: ReadReport,
-    *,
-    source: str,
-    skip_placeholders: bool = True,
-    rows: Sequence[int] | None = None,
+    sel: Rows, report: ReadReport, *, source: str, skip_placeholders: bool = True
 ) -> list[Building]:
-    """Buildings from ground-metre geometries and their attribute rows (``rows[k]`` is the row of
-    ``geoms[k]``; default 0..n-1)."""
-    geoms = np.asarray(list(geoms), dtype=object)
-    rows_a = np.arange(len(geoms)) if rows is None else np.asarray(rows, dtype=int)
+    """Buildings from ground-metre footprints and their attribute rows."""
+    cols, geoms, rows_a = sel.cols, sel.geoms, np.asarray(sel.rows, dtype=int)
     if skip_placeholders:
         ph = placeholders(cols)[rows_a] if len(rows_a) else np.zeros(0, bool)
         if ph.any():
             report.skipped_placeholders += int(ph.sum())
             report.warn(f"skipped {int(ph.sum())} placeholder footprint(s) (feature_code 1003)")
             geoms, rows_a = geoms[~ph], rows_a[~ph]
-    bids = [ids[r] for r in rows_a]
+    bids = [sel.ids[r] for r in rows_a.tolist()]
     fixed = repair_polygons(geoms, bids, report, "building")
     height, base, estimated = (a[rows_a] for a in building_heights(cols))
     bad_base = base >= height
@@ -520,21 +570,13 @@ def park_kinds(cols: Columns, default: str = "park") -> list[str]:
     return [o or default for o in out]
 
 
-def make_parks(
-    geoms: Sequence[BaseGeometry | None],
-    cols: Columns,
-    ids: Sequence[str],
-    report: ReadReport,
-    *,
-    rows: Sequence[int] | None = None,
-) -> list[Park]:
-    rows = list(range(len(geoms)) if rows is None else rows)
-    pids = [ids[r] for r in rows]
-    fixed = repair_polygons(np.asarray(list(geoms), dtype=object), pids, report, "park")
-    kinds, names = park_kinds(cols), cols.texts(NAME_FIELDS)
+def make_parks(sel: Rows, report: ReadReport) -> list[Park]:
+    pids = sel.row_ids()
+    fixed = repair_polygons(sel.geoms, pids, report, "park")
+    kinds, names = park_kinds(sel.cols), sel.cols.texts(NAME_FIELDS)
     out = [
         Park(id=pid, geometry=g, kind=kinds[r], name=names[r])
-        for g, r, pid in zip(fixed, rows, pids, strict=True)
+        for g, r, pid in zip(fixed, sel.rows, pids, strict=True)
         if g is not None
     ]
     report.parks += len(out)
@@ -550,19 +592,12 @@ def road_width(kind: str, width: float = math.nan, lanes: float = math.nan) -> f
     return ROAD_WIDTH_M.get(kind, DEFAULT_ROAD_WIDTH_M)
 
 
-def make_roads(
-    geoms: Sequence[BaseGeometry | None],
-    cols: Columns,
-    ids: Sequence[str],
-    report: ReadReport,
-    *,
-    rows: Sequence[int] | None = None,
-) -> list[Road]:
-    rows = list(range(len(geoms)) if rows is None else rows)
+def make_roads(sel: Rows, report: ReadReport) -> list[Road]:
+    cols, ids = sel.cols, sel.ids
     kinds, names = cols.texts(("highway", "kind")), cols.texts(NAME_FIELDS)
     widths, lanes = cols.lengths(WIDTH_FIELDS, "m"), cols.numbers(LANES_FIELDS)
     out: list[Road] = []
-    for g, r in zip(geoms, rows, strict=True):
+    for g, r in zip(sel.geoms, sel.rows, strict=True):
         if g is None or g.is_empty:
             report.dropped_empty.append(ids[r])
             continue
@@ -584,9 +619,6 @@ def make_roads(
     return out
 
 
-def filter_to_window(geoms: np.ndarray, window: BaseGeometry | None) -> np.ndarray:
-    """Boolean mask of geometries that intersect ``window`` (all True when there is no window)."""
-    if window is None:
-        return np.ones(len(geoms), dtype=bool)
-    shapely.prepare(window)
-    return np.asarray(shapely.intersects(window, geoms), dtype=bool) & ~shapely.is_missing(geoms)
+def make_areas(sel: Rows, report: ReadReport, what: str) -> list[Polygon | MultiPolygon]:
+    """Land or water polygons (repaired; empty and degenerate ones dropped and reported as ``what``)."""
+    return [p for p in repair_polygons(sel.geoms, sel.row_ids(), report, what) if p is not None]

@@ -31,13 +31,14 @@ from isonyc_dagster.geodata._common import (
     FeatureSet,
     GeodataError,
     ReadReport,
-    filter_to_window,
+    Rows,
+    in_window,
+    make_areas,
     make_buildings,
     make_parks,
     make_roads,
     polygonal,
     project_to_ground,
-    repair_polygons,
     unique_ids,
 )
 from isonyc_dagster.geodata.model import Building
@@ -115,10 +116,11 @@ def read_osm(path: str | Path, geometry: MapGeometry, *, window: BaseGeometry | 
         for obj in fp:
             report.features_read += 1
             tags = obj.tags
-            if obj.is_area():
+            # The entity filter lets only ways and areas through.
+            if isinstance(obj, osmium.osm.Area):
                 oid = ("w" if obj.from_way() else "r") + str(obj.orig_id())
                 _add_area(obj, oid, tags, wkb, buildings, parks, water, roads, report, unassembled)
-            elif "highway" in tags and tags.get("area") != "yes":
+            elif isinstance(obj, osmium.osm.Way) and "highway" in tags and tags.get("area") != "yes":
                 if (
                     tags.get("tunnel") in ("yes", "culvert", "building_passage")
                     or tags.get("indoor") == "yes"
@@ -141,19 +143,28 @@ def read_osm(path: str | Path, geometry: MapGeometry, *, window: BaseGeometry | 
     out = FeatureSet(sources=[source], reports=[report], attribution=[ATTRIBUTION_OSM])
     out.buildings = _buildings(buildings, geometry, window, report, source)
     if len(parks):
-        g, cols, ids, rows = _prepare(parks, geometry, window, report, source)
-        out.parks = make_parks(g, cols, ids, report, rows=rows)
+        out.parks = make_parks(_prepare(parks, geometry, window, report, source), report)
     if len(water):
-        g, cols, ids, rows = _prepare(water, geometry, window, report, source)
-        out.water = [p for p in repair_polygons(g, [ids[r] for r in rows], report, "water") if p is not None]
+        out.water = make_areas(_prepare(water, geometry, window, report, source), report, "water")
         report.water = len(out.water)
     if len(roads):
-        g, cols, ids, rows = _prepare(roads, geometry, window, report, source)
-        out.roads = make_roads(g, cols, ids, report, rows=rows)
+        out.roads = make_roads(_prepare(roads, geometry, window, report, source), report)
     return out
 
 
-def _add_area(obj, oid, tags, wkb, buildings, parks, water, roads, report, unassembled) -> None:
+def _add_area(
+    obj: osmium.osm.Area,
+    oid: str,
+    tags: osmium.osm.TagList,
+    wkb: osmium.geom.WKBFactory,
+    buildings: _Collector,
+    parks: _Collector,
+    water: _Collector,
+    roads: _Collector,
+    report: ReadReport,
+    unassembled: list[str],
+) -> None:
+    """File an area with the collector of its kind (buildings first), or note it as unassembled."""
     b, part = tags.get("building"), tags.get("building:part")
     is_building = (b is not None and b != "no") or (part is not None and part != "no")
     is_park = tags.get("leisure") in _PARK_LEISURE or tags.get("landuse") in _PARK_LANDUSE
@@ -181,13 +192,11 @@ def _add_area(obj, oid, tags, wkb, buildings, parks, water, roads, report, unass
 
 def _prepare(
     c: _Collector, geometry: MapGeometry, window: BaseGeometry | None, report: ReadReport, source: str
-) -> tuple[np.ndarray, Columns, list[str], list[int]]:
+) -> Rows:
+    """The collected features that intersect ``window``, in ground metres."""
     geoms = project_to_ground(geometry, shapely.from_wkb(c.wkb), source=source)
-    keep = filter_to_window(geoms, window)
-    report.outside_window += int((~keep).sum())
-    rows = np.flatnonzero(keep).tolist()
-    cols = Columns(c.tags, len(c))
-    return geoms[rows], cols, unique_ids(c.ids, "osm"), rows
+    every = Rows(geoms, Columns(c.tags, len(c)), unique_ids(c.ids, "osm"), list(range(len(c))))
+    return in_window(every, window, report)
 
 
 def _buildings(
@@ -197,18 +206,15 @@ def _buildings(
         return []
     # Parts replace outlines over the whole file, before the window filter: otherwise an outline whose
     # parts straddle the window edge would come back or not depending on the window.
-    geoms, cols, ids, _ = _prepare(c, geometry, None, report, source)
+    every = _prepare(c, geometry, None, report, source)
     is_part = np.array([e == "part" for e in c.extra], dtype=bool)
-    replaced = _outlines_replaced_by_parts(geoms, is_part)
-    in_window = filter_to_window(geoms, window)
-    report.outside_window += int((~in_window).sum())
-    keep = ~replaced & in_window
-    if (replaced & in_window).any():
-        report.warn(
-            f"{int((replaced & in_window).sum())} building outline(s) replaced by their building:part volumes"
-        )
-    rows = np.flatnonzero(keep).tolist()
-    return make_buildings(geoms[rows], cols, ids, report, source=source, skip_placeholders=False, rows=rows)
+    replaced = _outlines_replaced_by_parts(every.geoms, is_part)
+    inside = in_window(every, window, report)
+    n_replaced = int(replaced[inside.rows].sum())
+    if n_replaced:
+        report.warn(f"{n_replaced} building outline(s) replaced by their building:part volumes")
+    kept = inside.take(~replaced[inside.rows])
+    return make_buildings(kept, report, source=source, skip_placeholders=False)
 
 
 def _outlines_replaced_by_parts(geoms: np.ndarray, is_part: np.ndarray) -> np.ndarray:

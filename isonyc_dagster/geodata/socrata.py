@@ -21,7 +21,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,19 +36,18 @@ import tenacity
 from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 
-from isonyc_dagster.backends.transport import parse_retry_after
+from isonyc_dagster.fileio import atomic_output
 from isonyc_dagster.geo.geometry import MapGeometry
 from isonyc_dagster.geodata._common import (
     ATTRIBUTION_DOITT,
-    Columns,
     FeatureSet,
     GeodataError,
     ReadReport,
-    filter_to_window,
+    ground_features,
+    in_window,
     make_buildings,
-    project_to_ground,
-    row_ids,
 )
+from isonyc_dagster.net import parse_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -264,18 +262,6 @@ def features_to_table(features: list[dict[str, Any]], *, query: SocrataQuery, ba
     return pa.table(cols).replace_schema_metadata(meta)
 
 
-def write_table_atomic(table: pa.Table, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def default_cache_dir() -> Path:
     root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(root) / "isonyc-dagster" / "socrata"
@@ -309,7 +295,8 @@ def fetch_table(
         if own:
             client.close()
     table = features_to_table(features, query=query, base_url=base)
-    write_table_atomic(table, path)
+    with atomic_output(path) as tmp:  # readers never see half a cache file
+        pq.write_table(table, tmp, compression="zstd")
     return table, path, False
 
 
@@ -368,28 +355,13 @@ def buildings_from_table(
     """Normalized buildings from a cached Socrata table (string fields, WKB lon/lat geometry)."""
     report = ReadReport(source=source)
     geoms = shapely.from_wkb(table.column("geometry").to_numpy(zero_copy_only=False))
-    report.features_read = len(geoms)
-    cols = Columns(
-        {n: table.column(n).to_pylist() for n in table.column_names if n != "geometry"}, len(geoms)
-    )
-    ids = row_ids(cols, "socrata")
-    present = ~shapely.is_missing(geoms) & ~shapely.is_empty(geoms)
-    no_geom = [ids[i] for i in np.flatnonzero(~present)]
-    report.dropped_empty += no_geom
-    report.warn_ids(f"dropped {len(no_geom)} building(s) without geometry", no_geom)
-    ground = np.full(len(geoms), None, dtype=object)
-    ground[present] = project_to_ground(geometry, geoms[present], source=source)
-    keep = present & filter_to_window(ground, window)
-    report.outside_window = int((present & ~keep).sum())
-    rows = np.flatnonzero(keep).tolist()
+    attrs = {n: table.column(n).to_pylist() for n in table.column_names if n != "geometry"}
+    every = ground_features(geometry, geoms, attrs, report, id_prefix="socrata", what="building")
     buildings = make_buildings(
-        ground[rows],
-        cols,
-        ids,
+        in_window(every, window, report),
         report,
         source=f"socrata:{dataset}",
         skip_placeholders=skip_placeholders,
-        rows=rows,
     )
     return FeatureSet(
         buildings=buildings, attribution=[ATTRIBUTION_DOITT], sources=[source], reports=[report]

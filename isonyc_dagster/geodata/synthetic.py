@@ -197,8 +197,8 @@ class SyntheticCity:
         ga = self.to_grid(shapely.get_coordinates(window.envelope))
         i0, i1 = math.floor(ga[:, 0].min() / AVENUE_SPACING_M), math.floor(ga[:, 0].max() / AVENUE_SPACING_M)
         j0, j1 = math.floor(ga[:, 1].min() / STREET_SPACING_M), math.floor(ga[:, 1].max() / STREET_SPACING_M)
-        ii, jj = np.meshgrid(np.arange(i0, i1 + 1), np.arange(j0, j1 + 1), indexing="ij")
-        ii, jj = ii.ravel(), jj.ravel()
+        grid_i, grid_j = np.meshgrid(np.arange(i0, i1 + 1), np.arange(j0, j1 + 1), indexing="ij")
+        ii, jj = grid_i.ravel(), grid_j.ravel()
         rects = np.column_stack(
             [
                 ii * AVENUE_SPACING_M - AVENUE_ROW_M / 2,

@@ -47,15 +47,14 @@ from isonyc_dagster.geodata._common import (
     FeatureSet,
     GeodataError,
     ReadReport,
-    filter_to_window,
+    ground_features,
+    in_window,
+    make_areas,
     make_buildings,
     make_parks,
     make_roads,
     parse_crs,
     polygonal,
-    project_to_ground,
-    repair_polygons,
-    row_ids,
 )
 
 Kind = Literal["auto", "buildings", "parks", "roads", "land", "water"]
@@ -250,22 +249,23 @@ def _read_layer(
         raise GeodataError(f"{source}: no geometry column found (columns: {table.column_names})")
     wkb = table.column(geom_col).to_numpy(zero_copy_only=False)
     geoms = shapely.from_wkb(wkb, on_invalid="ignore")
-    report.features_read = len(geoms)
     attrs = {
         name: _column_values(table.column(name))
         for name in table.column_names
         if name != geom_col and name != meta.get("fid_column")
     }
-    cols = Columns(attrs, len(geoms))
-    ids = row_ids(cols, f"{path.stem}" + (f".{layer}" if multi_layer else ""))
-
-    present = ~shapely.is_missing(geoms) & ~shapely.is_empty(geoms)
-    no_geom = [ids[i] for i in np.flatnonzero(~present)]
-    report.dropped_empty += no_geom
-    report.warn_ids(f"dropped {len(no_geom)} feature(s) without geometry", no_geom)
-    ground = np.full(len(geoms), None, dtype=object)
-    ground[present] = project_to_ground(geometry, geoms[present], src_crs=crs, source=source)
-    type_ids = shapely.get_type_id(ground)
+    every = ground_features(
+        geometry,
+        geoms,
+        attrs,
+        report,
+        id_prefix=f"{path.stem}" + (f".{layer}" if multi_layer else ""),
+        what="feature",
+        src_crs=crs,
+    )
+    cols = every.cols
+    present = ~shapely.is_missing(every.geoms)
+    type_ids = shapely.get_type_id(every.geoms)
 
     forced = None if kind == "auto" else kind
     name_hint = (_layer_kind(layer) if layer else None) or _layer_kind(path.stem)
@@ -281,27 +281,21 @@ def _read_layer(
         )
     report.ignored += int((present & (kinds == "")).sum())
 
-    in_window = filter_to_window(ground, window)
     fs = FeatureSet(sources=[source], reports=[report])
     for k in KINDS:
-        sel = (kinds == k) & present
+        chosen = every.take((kinds == k) & present)
         if k in ("buildings", "parks", "roads"):  # kept whole or not at all; land/water are clipped
-            report.outside_window += int((sel & ~in_window).sum())
-            sel &= in_window
-        rows = np.flatnonzero(sel).tolist()
-        if not rows:
+            chosen = in_window(chosen, window, report)
+        if not chosen.rows:
             continue
-        g = ground[rows]
         if k == "buildings":
-            fs.buildings = make_buildings(
-                g, cols, ids, report, source=source, skip_placeholders=skip_placeholders, rows=rows
-            )
+            fs.buildings = make_buildings(chosen, report, source=source, skip_placeholders=skip_placeholders)
         elif k == "parks":
-            fs.parks = make_parks(g, cols, ids, report, rows=rows)
+            fs.parks = make_parks(chosen, report)
         elif k == "roads":
-            fs.roads = make_roads(g, cols, ids, report, rows=rows)
+            fs.roads = make_roads(chosen, report)
         else:
-            polys = [p for p in repair_polygons(g, [ids[r] for r in rows], report, k) if p is not None]
+            polys = make_areas(chosen, report, k)
             if window is not None:
                 # rectangle clip first: cheap, and it shrinks borough-sized polygons before the exact cut
                 near = [shapely.clip_by_rect(p, *window.bounds) for p in polys]

@@ -18,7 +18,10 @@ import threading
 import urllib.parse
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, AnyStr, BinaryIO
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsRead, SupportsWrite
 
 __all__ = ["MIME_TYPES", "MapServer", "serve", "start_server"]
 
@@ -41,7 +44,7 @@ _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
-    extensions_map = MIME_TYPES  # type: ignore[assignment]
+    extensions_map = MIME_TYPES
     server_version = "isonyc-serve"
     protocol_version = "HTTP/1.1"  # keep-alive: a viewer fetches hundreds of tiles
 
@@ -59,7 +62,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         self.send_header("Access-Control-Allow-Origin", "*")
         super().end_headers()
 
-    def send_head(self):  # type: ignore[no-untyped-def]
+    def send_head(self) -> BinaryIO | None:
         self._remaining: int | None = None
         self._pending_etag: str | None = None
         if self._hidden():
@@ -77,7 +80,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
             return None
         return f'"{st.st_mtime_ns:x}-{st.st_size:x}"'
 
-    def _with_etag(self, path: str):  # type: ignore[no-untyped-def]
+    def _with_etag(self, path: str) -> BinaryIO | None:
         etag = None if os.path.isdir(path) else self._etag(path)
         if etag is not None and self.headers.get("If-None-Match") == etag:
             self.send_response(304)
@@ -92,13 +95,14 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         super().send_header(keyword, value)
         # Add ETag and Accept-Ranges right after Last-Modified, which the base class sends for every file.
         if keyword == "Last-Modified":
-            if getattr(self, "_pending_etag", None):
-                super().send_header("ETag", self._pending_etag)
+            etag = getattr(self, "_pending_etag", None)
+            if etag:
+                super().send_header("ETag", etag)
                 self._pending_etag = None
             if getattr(self, "_remaining", None) is None:
                 super().send_header("Accept-Ranges", "bytes")
 
-    def _range(self, path: str):  # type: ignore[no-untyped-def]
+    def _range(self, path: str) -> BinaryIO | None:
         m = _RANGE.match(self.headers["Range"].strip())
         try:
             f = open(path, "rb")  # noqa: SIM115 - returned to the base class, which closes it
@@ -135,7 +139,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         self.end_headers()
         return f
 
-    def copyfile(self, source, outputfile) -> None:  # type: ignore[no-untyped-def]
+    def copyfile(self, source: SupportsRead[AnyStr], outputfile: SupportsWrite[AnyStr]) -> None:
         remaining = getattr(self, "_remaining", None)
         if remaining is None:
             return super().copyfile(source, outputfile)
@@ -177,12 +181,15 @@ class MapServer(http.server.ThreadingHTTPServer):
             raise OSError(
                 f"cannot listen on {host}:{port} ({e.strerror}); choose another port with port="
             ) from e
+        # The bound address (port 0 picks one), read once so the URL stays known after close().
+        bound_host, bound_port = self.socket.getsockname()[:2]
+        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+        self._url = f"http://{shown}:{bound_port}/"
 
     @property
     def url(self) -> str:
-        host, port = self.server_address[:2]
-        host = f"[{host}]" if ":" in str(host) else host
-        return f"http://{host}:{port}/"
+        """Where to point a browser."""
+        return self._url
 
     def start(self) -> MapServer:
         """Serve on a background daemon thread; returns self."""

@@ -108,46 +108,116 @@ def _row_range(ey0, ey1, n, y0, h):
 
 
 @njit(cache=True, nogil=True)
-def fill_polygons(xs, ys, ring_start, poly_ring_start, values, surface, x0, y0):
-    """Paint polygons (even-odd per polygon, in order) into ``surface`` with ``values[p]``; no depth."""
-    h, w = surface.shape
+def _scratch(ring_start, poly_ring_start):
+    """Edge (x0, y0, x1, y1) and crossing buffers large enough for the polygon with the most vertices."""
     nmax = 1
     for p in range(poly_ring_start.shape[0] - 1):
         nmax = max(nmax, ring_start[poly_ring_start[p + 1]] - ring_start[poly_ring_start[p]])
-    ex0 = np.empty(nmax)
-    ey0 = np.empty(nmax)
-    ex1 = np.empty(nmax)
-    ey1 = np.empty(nmax)
-    cross = np.empty(nmax + 1)
-    y_lo = y0 + 0.5
-    y_hi = y0 + h - 0.5
-    x_hi = x0 + w - 0.5
+    return np.empty(nmax), np.empty(nmax), np.empty(nmax), np.empty(nmax), np.empty(nmax + 1)
+
+
+@njit(cache=True, nogil=True)
+def _fill_polygon(xs, ys, ring_start, ra, rb, dy, x0, y0, scratch, surface, value, zbuf, bid, z, pid, depth):
+    """Fill the polygon of rings ra..rb (even-odd, vertices lifted by dy px) with ``value``.
+
+    Without ``depth`` every covered pixel is painted; with it only those where ``z`` beats ``zbuf``, which
+    then also take ``z`` and building id ``pid``. One scan for ground layers and roofs, so both cover a
+    pixel by the very same rule.
+    """
+    h, w = surface.shape
+    ex0, ey0, ex1, ey1, cross = scratch
+    n = _collect_edges(
+        xs, ys, ring_start, ra, rb, dy, y0 + 0.5, y0 + h - 0.5, x0 + w - 0.5, ex0, ey0, ex1, ey1
+    )
+    if n == 0:
+        return
+    r0, r1 = _row_range(ey0, ey1, n, y0, h)
+    for row in range(r0, r1):
+        m = _row_crossings(y0 + row + 0.5, n, ex0, ey0, ex1, ey1, cross)
+        for k in range(0, m, 2):
+            c0, c1 = _span(cross, m, k, x0, w)
+            for col in range(c0, c1):
+                if not depth:
+                    surface[row, col] = value
+                elif z > zbuf[row, col]:
+                    zbuf[row, col] = z
+                    surface[row, col] = value
+                    bid[row, col] = pid
+
+
+@njit(cache=True, nogil=True)
+def fill_polygons(xs, ys, ring_start, poly_ring_start, values, surface, x0, y0):
+    """Paint polygons (even-odd per polygon, in order) into ``surface`` with ``values[p]``; no depth."""
+    scratch = _scratch(ring_start, poly_ring_start)
+    no_zbuf = np.empty((0, 0))
+    no_bid = np.empty((0, 0), dtype=np.int32)
     for p in range(poly_ring_start.shape[0] - 1):
-        v = values[p]
-        n = _collect_edges(
+        _fill_polygon(
             xs,
             ys,
             ring_start,
             poly_ring_start[p],
             poly_ring_start[p + 1],
             0.0,
-            y_lo,
-            y_hi,
-            x_hi,
-            ex0,
-            ey0,
-            ex1,
-            ey1,
+            x0,
+            y0,
+            scratch,
+            surface,
+            values[p],
+            no_zbuf,
+            no_bid,
+            0.0,
+            0,
+            False,
         )
-        if n == 0:
+
+
+@njit(cache=True, nogil=True)
+def _draw_wall(xa, ya, xb, yb, top, base, pid, k, surface, zbuf, bid, x0, y0):
+    """Extrude one camera-facing ring edge (a, b with xb > xa, solid on its left) from base to top."""
+    h, w = surface.shape
+    cls = WALL_RIGHT if yb < ya else WALL_LEFT
+    slope = (yb - ya) / (xb - xa)
+    c0 = max(int(math.ceil(max(xa, x0 - 2.0) - 0.5)) - x0, 0)
+    c1 = min(int(math.ceil(min(xb, x0 + w + 2.0) - 0.5)) - x0, w)
+    for col in range(c0, c1):
+        yg = ya + (x0 + col + 0.5 - xa) * slope  # wall foot (h = 0) at this column
+        y_top = yg - top * k
+        y_bot = yg - base * k
+        if y_bot < y0 or y_top > y0 + h:
             continue
-        r0, r1 = _row_range(ey0, ey1, n, y0, h)
-        for row in range(r0, r1):
-            m = _row_crossings(y0 + row + 0.5, n, ex0, ey0, ex1, ey1, cross)
-            for k in range(0, m, 2):
-                c0, c1 = _span(cross, m, k, x0, w)
-                for col in range(c0, c1):
-                    surface[row, col] = v
+        rr0 = max(int(math.floor(y_top - 0.5)) - y0, 0)
+        rr1 = min(int(math.ceil(y_bot - 0.5)) + 1 - y0, h)
+        for row in range(rr0, rr1):
+            hh = (yg - (y0 + row + 0.5)) / k
+            if hh >= base and hh < top and hh > zbuf[row, col]:
+                zbuf[row, col] = hh
+                surface[row, col] = cls
+                bid[row, col] = pid
+
+
+@njit(cache=True, nogil=True)
+def _draw_walls(xs, ys, ring_start, ra, rb, top, base, pid, k, surface, zbuf, bid, x0, y0):
+    """The walls of rings ra..rb (ra the exterior) whose outward normal faces the camera."""
+    for r in range(ra, rb):
+        s = ring_start[r]
+        e = ring_start[r + 1]
+        # Signed area in pixel space; the ground→pixel map flips orientation (y down), so a
+        # ring that is counter-clockwise on the ground has negative pixel area.
+        area = 0.0
+        for i in range(s, e - 1):
+            area += xs[i] * ys[i + 1] - xs[i + 1] * ys[i]
+        exterior = r == ra
+        # Walk every ring with the solid on its left (on the ground): exterior CCW, holes CW.
+        flip = (area < 0.0) != exterior
+        for i in range(s, e - 1):
+            if flip:
+                xa, ya, xb, yb = xs[i + 1], ys[i + 1], xs[i], ys[i]
+            else:
+                xa, ya, xb, yb = xs[i], ys[i], xs[i + 1], ys[i + 1]
+            # Solid on the left ⇒ the outward normal faces the camera iff the edge runs screen-right.
+            if xb > xa:
+                _draw_wall(xa, ya, xb, yb, top, base, pid, k, surface, zbuf, bid, x0, y0)
 
 
 @njit(cache=True, nogil=True)
@@ -172,77 +242,19 @@ def draw_buildings(
     faces the camera. Ties keep the first writer, so drawing parts in global building order makes
     the result independent of which window asked.
     """
-    h, w = surface.shape
-    nmax = 1
-    for p in range(part_ring_start.shape[0] - 1):
-        nmax = max(nmax, ring_start[part_ring_start[p + 1]] - ring_start[part_ring_start[p]])
-    ex0 = np.empty(nmax)
-    ey0 = np.empty(nmax)
-    ex1 = np.empty(nmax)
-    ey1 = np.empty(nmax)
-    cross = np.empty(nmax + 1)
-    y_lo = y0 + 0.5
-    y_hi = y0 + h - 0.5
-    x_hi = x0 + w - 0.5
+    scratch = _scratch(ring_start, part_ring_start)
     for p in range(part_ring_start.shape[0] - 1):
         top = part_top[p]
         base = part_base[p]
-        pid = part_id[p]
         if not top > base:
             continue
         ra = part_ring_start[p]
         rb = part_ring_start[p + 1]
-        # --- roof -------------------------------------------------------------------------------
-        n = _collect_edges(xs, ys, ring_start, ra, rb, top * k, y_lo, y_hi, x_hi, ex0, ey0, ex1, ey1)
-        if n > 0:
-            r0, r1 = _row_range(ey0, ey1, n, y0, h)
-            for row in range(r0, r1):
-                m = _row_crossings(y0 + row + 0.5, n, ex0, ey0, ex1, ey1, cross)
-                for kk in range(0, m, 2):
-                    c0, c1 = _span(cross, m, kk, x0, w)
-                    for col in range(c0, c1):
-                        if top > zbuf[row, col]:
-                            zbuf[row, col] = top
-                            surface[row, col] = ROOF
-                            bid[row, col] = pid
-        # --- walls ------------------------------------------------------------------------------
-        for r in range(ra, rb):
-            s = ring_start[r]
-            e = ring_start[r + 1]
-            # Signed area in pixel space; the ground→pixel map flips orientation (y down), so a
-            # ring that is counter-clockwise on the ground has negative pixel area.
-            area = 0.0
-            for i in range(s, e - 1):
-                area += xs[i] * ys[i + 1] - xs[i + 1] * ys[i]
-            exterior = r == ra
-            # Walk every ring with the solid on its left (on the ground): exterior CCW, holes CW.
-            flip = (area < 0.0) != exterior
-            for i in range(s, e - 1):
-                if flip:
-                    xa, ya, xb, yb = xs[i + 1], ys[i + 1], xs[i], ys[i]
-                else:
-                    xa, ya, xb, yb = xs[i], ys[i], xs[i + 1], ys[i + 1]
-                # Solid on the left ⇒ the outward normal faces the camera iff the edge runs screen-right.
-                if not xb > xa:
-                    continue
-                cls = WALL_RIGHT if yb < ya else WALL_LEFT
-                slope = (yb - ya) / (xb - xa)
-                c0 = max(int(math.ceil(max(xa, x0 - 2.0) - 0.5)) - x0, 0)
-                c1 = min(int(math.ceil(min(xb, x0 + w + 2.0) - 0.5)) - x0, w)
-                for col in range(c0, c1):
-                    yg = ya + (x0 + col + 0.5 - xa) * slope  # wall foot (h = 0) at this column
-                    y_top = yg - top * k
-                    y_bot = yg - base * k
-                    if y_bot < y0 or y_top > y0 + h:
-                        continue
-                    rr0 = max(int(math.floor(y_top - 0.5)) - y0, 0)
-                    rr1 = min(int(math.ceil(y_bot - 0.5)) + 1 - y0, h)
-                    for row in range(rr0, rr1):
-                        hh = (yg - (y0 + row + 0.5)) / k
-                        if hh >= base and hh < top and hh > zbuf[row, col]:
-                            zbuf[row, col] = hh
-                            surface[row, col] = cls
-                            bid[row, col] = pid
+        pid = part_id[p]
+        _fill_polygon(
+            xs, ys, ring_start, ra, rb, top * k, x0, y0, scratch, surface, ROOF, zbuf, bid, top, pid, True
+        )
+        _draw_walls(xs, ys, ring_start, ra, rb, top, base, pid, k, surface, zbuf, bid, x0, y0)
 
 
 @njit(cache=True, nogil=True)

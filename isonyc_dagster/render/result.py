@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from isonyc_dagster.geo.surfaces import PALETTE
+from isonyc_dagster.geo.surfaces import PALETTE, Surface
 from isonyc_dagster.images import png_bytes as _png_bytes
 
 _NPZ_FORMAT = 1
@@ -133,8 +133,6 @@ def stable_building_id(building_id: str) -> int:
 
 def summarize(surface: np.ndarray, building: np.ndarray) -> dict[str, Any]:
     """Stats every result carries: which classes cover how many pixels, how many buildings show."""
-    from isonyc_dagster.geo.surfaces import Surface
-
     counts = np.bincount(surface.ravel(), minlength=len(Surface))
     classes = {Surface(i).name.lower(): int(c) for i, c in enumerate(counts) if c}
     return {
@@ -145,9 +143,11 @@ def summarize(surface: np.ndarray, building: np.ndarray) -> dict[str, Any]:
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:
-    """Lossless PNG of an (H, W, 3) or (H, W, 4) uint8 image, or an (H, W) uint8 grey image.
+    """Lossless PNG of a render: an (H, W, 3) or (H, W, 4) uint8 image, or an (H, W) uint8 grey image.
 
-    zlib level 1: flat-colour renders compress nearly as well as at level 9 at a fraction of the time.
+    ``images.png_bytes`` at zlib level 1 (flat-colour renders compress nearly as well as at level 9 at a
+    fraction of the time; the level also fixes the stored render tiles' bytes), and a ValueError naming the
+    array for anything a PNG cannot hold losslessly (PIL would fail later with a vaguer error).
     """
     a = np.asarray(rgb)
     if a.dtype != np.uint8 or not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (3, 4))):
@@ -167,6 +167,4 @@ def render_png_preview(result: RenderResult | np.ndarray, max_px: int = 256) -> 
     img = Image.fromarray(np.ascontiguousarray(rgb))
     # Box filter: averages whole blocks, so thin walls and streets stay visible when shrunk.
     img.thumbnail((max_px, max_px), resample=Image.Resampling.BOX)
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", optimize=False, compress_level=6)
-    return buf.getvalue()
+    return _png_bytes(np.asarray(img))

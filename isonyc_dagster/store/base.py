@@ -21,8 +21,10 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
+from isonyc_dagster.errors import IsonycError
 
-class StoreError(RuntimeError):
+
+class StoreError(IsonycError, RuntimeError):
     """Bad input to the store (corrupt or wrong-size PNG, unknown version, ...)."""
 
 
@@ -56,6 +58,27 @@ class QuadrantFlags:
 
 
 @dataclass(frozen=True, slots=True)
+class FlagUpdate:
+    """The flags one ``set_flags`` call changes; ``None`` keeps the current value."""
+
+    water: Water | None = None
+    starred: bool | None = None
+    flagged: bool | None = None
+    reference: bool | None = None
+
+    def apply(self, cur: QuadrantFlags) -> QuadrantFlags:
+        """``cur`` with this update applied."""
+        return QuadrantFlags(
+            cur.x,
+            cur.y,
+            cur.water if self.water is None else Water(self.water),
+            cur.starred if self.starred is None else self.starred,
+            cur.flagged if self.flagged is None else self.flagged,
+            cur.reference if self.reference is None else self.reference,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class TileWrite:
     """One tile of an atomic multi-tile write."""
 
@@ -81,8 +104,12 @@ class TileStore(abc.ABC):
     def get_blob(self, sha256: str) -> bytes:
         """Bytes of a blob; ``StoreError`` if unknown."""
 
+    def has_blob(self, sha256: str) -> bool:
+        return self._find_blob(sha256) is not None
+
     @abc.abstractmethod
-    def has_blob(self, sha256: str) -> bool: ...
+    def _find_blob(self, sha256: str) -> object | None:
+        """Where blob ``sha256`` lies (a path, an object name), or ``None``; ``StoreError`` on a bad id."""
 
     # --- tiles ----------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -126,7 +153,10 @@ class TileStore(abc.ABC):
 
     @abc.abstractmethod
     def list_active(self, layer: str, *, bbox: tuple[int, int, int, int] | None = None) -> list[TileVersion]:
-        """Active versions in a layer, optionally within an inclusive quadrant bbox (x0, y0, x1, y1)."""
+        """Active versions in a layer, optionally within an inclusive quadrant bbox (x0, y0, x1, y1).
+
+        ``bbox`` is a ``geo.boxes.QuadRect`` or a plain tuple in the same order.
+        """
 
     def active_map(self, layer: str, keys: Iterable[tuple[int, int]]) -> dict[tuple[int, int], TileVersion]:
         """Active versions for many keys at once (missing keys are absent)."""
@@ -141,7 +171,6 @@ class TileStore(abc.ABC):
     @abc.abstractmethod
     def flags(self, x: int, y: int) -> QuadrantFlags: ...
 
-    @abc.abstractmethod
     def set_flags(
         self,
         x: int,
@@ -151,7 +180,13 @@ class TileStore(abc.ABC):
         starred: bool | None = None,
         flagged: bool | None = None,
         reference: bool | None = None,
-    ) -> QuadrantFlags: ...
+    ) -> QuadrantFlags:
+        """Change the given flags of quadrant (x, y) (``None`` keeps a flag); returns all its flags."""
+        return self._set_flags(x, y, FlagUpdate(water, starred, flagged, reference))
+
+    @abc.abstractmethod
+    def _set_flags(self, x: int, y: int, update: FlagUpdate) -> QuadrantFlags:
+        """``set_flags`` with its arguments as the caller passed them: the backend checks them."""
 
     @abc.abstractmethod
     def list_flags(

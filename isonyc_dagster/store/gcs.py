@@ -19,8 +19,8 @@ several concurrent writers exactly one wins a sequence number; the others get HT
 retry on top of the winner. One object = one transaction, so a commit is all-or-nothing, and a crash
 before the log object exists leaves only unreferenced blobs (invisible).
 
-Reads are answered from a local SQLite replica of the log (the same schema and queries as
-:class:`~isonyc_dagster.store.local.LocalTileStore`), brought up to date before each read by listing
+Reads are answered from a local SQLite replica of the log (a :class:`~isonyc_dagster.store.index.SqliteIndex`,
+the same schema and queries as the local store's index), brought up to date before each read by listing
 log objects after the last applied one (one request when nothing is new; ``max_staleness_s`` trades
 freshness for fewer requests). Version numbers are decided by the writer against a replica that is
 exactly at the previous sequence number, so replaying the log in order reproduces them; replay checks
@@ -35,6 +35,7 @@ points the client at an emulator with anonymous credentials; or pass ``client=``
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gzip
 import hashlib
 import json
@@ -55,21 +56,9 @@ from typing import Any, TypeVar
 from google.api_core import exceptions as gexc
 from google.cloud import storage
 
-from isonyc_dagster.store._png import (
-    PreparedWrite,
-    canonical_json,
-    check_ext,
-    check_key,
-    check_keys,
-    check_layer,
-    check_sha,
-    check_xy,
-    prepare_writes,
-    sha256_hex,
-    validate_png,
-)
-from isonyc_dagster.store.base import QuadrantFlags, StoreError, TileStore, TileVersion, TileWrite, Water
-from isonyc_dagster.store.local import SCHEMA_VERSION, SqliteIndex, check_bbox, check_flag_args
+from isonyc_dagster.store.base import FlagUpdate, QuadrantFlags, StoreError, TileVersion, Water
+from isonyc_dagster.store.index import SCHEMA_VERSION, IndexedTileStore, SqliteIndex
+from isonyc_dagster.store.validate import PreparedWrite, canonical_json, check_sha, prepare_blob
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +83,7 @@ def parse_gs_uri(uri: str) -> tuple[str, str]:
     return bucket, prefix
 
 
-class GCSTileStore(TileStore):
+class GCSTileStore(IndexedTileStore):
     """Tile store in a GCS bucket (see the module docstring for the design and guarantees)."""
 
     def __init__(
@@ -121,8 +110,6 @@ class GCSTileStore(TileStore):
         self.bucket_name = bucket
         self.prefix = f"{prefix}/" if prefix else ""
         self.uri = f"gs://{bucket}/{prefix}".rstrip("/")
-        if tile_size is not None:
-            self.tile_size = tuple(tile_size)  # type: ignore[assignment]
         self.max_staleness_s = float(max_staleness_s)
         self.checkpoint_every = int(checkpoint_every)
         self.keep_checkpoints = max(1, int(keep_checkpoints))
@@ -135,7 +122,7 @@ class GCSTileStore(TileStore):
 
         key = hashlib.sha256(self.uri.encode()).hexdigest()[:16]
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else _default_cache_dir() / key
-        self._index = SqliteIndex(self.cache_dir / "index.sqlite")
+        super().__init__(self.cache_dir / "index.sqlite", tile_size=tile_size)
         with self._index.transaction() as c:
             where = self._index.meta_get("gcs.location", c)
             if where is None:
@@ -181,13 +168,18 @@ class GCSTileStore(TileStore):
         return self.client.bucket(self.bucket_name)
 
     @contextlib.contextmanager
-    def _gcs(self, what: str) -> Iterator[None]:
-        """Turn GCS API failures (after the client's own retries) into ``StoreError``s naming the object."""
+    def _gcs(self, what: str, *, missing_ok: bool = False) -> Iterator[None]:
+        """Turn GCS API failures (after the client's own retries) into ``StoreError``s naming the object.
+
+        ``missing_ok``: let ``NotFound`` through, for callers to whom a missing object is an answer.
+        """
         try:
             yield
         except (gexc.PreconditionFailed, StoreError):
             raise
         except gexc.NotFound as exc:
+            if missing_ok:
+                raise
             raise StoreError(
                 f"{what}: not found in gs://{self.bucket_name} ({exc.message}); does the bucket exist?"
             ) from exc
@@ -211,16 +203,12 @@ class GCSTileStore(TileStore):
         return True
 
     def _download(self, name: str) -> bytes | None:
+        """The object's bytes, or ``None`` if it does not exist."""
         try:
-            return self._bucket.blob(name).download_as_bytes()
+            with self._gcs(f"download of {name}", missing_ok=True):
+                return self._bucket.blob(name).download_as_bytes()
         except gexc.NotFound:
             return None
-        except gexc.GoogleAPICallError as exc:
-            raise StoreError(
-                f"download of {name} failed on {self.uri}: HTTP {exc.code} {exc.message}"
-            ) from exc
-        except (OSError, gexc.RetryError) as exc:  # connection failures after the client's retries
-            raise StoreError(f"download of {name} failed on {self.uri}: {type(exc).__name__}: {exc}") from exc
 
     def _list(self, prefix: str, start_offset: str | None = None) -> list[str]:
         with self._gcs(f"listing of {prefix}"):
@@ -249,11 +237,7 @@ class GCSTileStore(TileStore):
         return others[0] if others else None
 
     def put_blob(self, data: bytes, *, ext: str = "png") -> str:
-        check_ext(ext)
-        data = bytes(data)
-        if ext == "png":
-            validate_png(data, expect_size=None, what="blob")
-        sha = sha256_hex(data)
+        data, sha = prepare_blob(data, ext)
         self._create(self._blob_name(sha, ext), data, _CONTENT_TYPES.get(ext, "application/octet-stream"))
         return sha
 
@@ -268,9 +252,6 @@ class GCSTileStore(TileStore):
                 f"blob {sha256} not found under {self.uri}/blobs; was it written to another store?"
             )
         return data
-
-    def has_blob(self, sha256: str) -> bool:
-        return self._find_blob(sha256) is not None
 
     def uri_for_blob(self, sha256: str) -> str:
         """``gs://`` URI of a blob (for exporters that copy objects server-side); ``StoreError`` if unknown."""
@@ -336,14 +317,11 @@ class GCSTileStore(TileStore):
     def _apply_op(self, c: sqlite3.Connection, op: dict[str, Any], rec: dict[str, Any]) -> None:
         kind = op.get("op")
         if kind == "put":
-            row = c.execute(
-                "SELECT max(version) FROM tile_versions WHERE layer = ? AND x = ? AND y = ?",
-                (op["layer"], op["x"], op["y"]),
-            ).fetchone()
-            if (row[0] or 0) + 1 != op["version"]:
+            latest = self._index.latest_version(c, op["layer"], op["x"], op["y"])
+            if latest + 1 != op["version"]:
                 raise StoreError(
                     f"index log entry {rec['seq']} on {self.uri} adds version {op['version']} of "
-                    f"{op['layer']} ({op['x']},{op['y']}) but the replica has {row[0] or 0}; the log is damaged"
+                    f"{op['layer']} ({op['x']},{op['y']}) but the replica has {latest}; the log is damaged"
                 )
             prov = canonical_json(op["provenance"], what=f"log entry {rec['seq']}")
             self._index.insert_version(
@@ -354,15 +332,8 @@ class GCSTileStore(TileStore):
             self._index.set_active(c, op["layer"], op["x"], op["y"], op["version"])
         elif kind == "flags":
             water = None if op.get("water") is None else Water(op["water"])
-            self._index.merge_flags(
-                c,
-                op["x"],
-                op["y"],
-                water=water,
-                starred=op.get("starred"),
-                flagged=op.get("flagged"),
-                reference=op.get("reference"),
-            )
+            update = FlagUpdate(water, op.get("starred"), op.get("flagged"), op.get("reference"))
+            self._index.merge_flags(c, op["x"], op["y"], update)
         else:
             raise StoreError(
                 f"index log entry {rec['seq']} on {self.uri} has unknown op {kind!r}; upgrade isonyc-dagster"
@@ -546,10 +517,11 @@ class GCSTileStore(TileStore):
         )
 
     # --- tiles -------------------------------------------------------------------------------------
-    def put_tiles(
-        self, writes: Sequence[TileWrite], *, expect_size: tuple[int, int] | None = None
-    ) -> list[TileVersion]:
-        prepared = prepare_writes(writes, expect_size=expect_size or self.tile_size)
+    def _fresh_index(self) -> SqliteIndex:
+        self._sync()
+        return self._index
+
+    def _put_prepared(self, prepared: list[PreparedWrite]) -> list[TileVersion]:
         if not prepared:
             return []
         # A rerun of a step re-puts tiles that are already active: their blobs exist, skip the upload.
@@ -574,101 +546,38 @@ class GCSTileStore(TileStore):
 
         return self._commit(build)
 
-    def active(self, layer: str, x: int, y: int) -> TileVersion | None:
-        layer, x, y = check_key(layer, x, y)
-        self._sync()
-        return self._index.active(layer, x, y)
-
-    def versions(self, layer: str, x: int, y: int) -> list[TileVersion]:
-        layer, x, y = check_key(layer, x, y)
-        self._sync()
-        return self._index.versions(layer, x, y)
-
-    def activate(self, layer: str, x: int, y: int, version: int) -> TileVersion:
-        layer, x, y = check_key(layer, x, y)
-
+    def _activate(self, layer: str, x: int, y: int, version: int) -> TileVersion:
         def build(c: sqlite3.Connection, now: float) -> tuple[list[dict[str, Any]], TileVersion]:
-            self._index.check_version(c, layer, x, y, version)
-            row = c.execute(
-                "SELECT layer, x, y, version, sha256, created_at, provenance FROM tile_versions "
-                "WHERE layer = ? AND x = ? AND y = ? AND version = ?",
-                (layer, x, y, version),
-            ).fetchone()
-            target = TileVersion(row[0], row[1], row[2], row[3], row[4], row[5], json.loads(row[6]), True)
-            cur = self._index.active(layer, x, y, c)
-            if cur is not None and cur.version == version:
+            target = self._index.get_version(c, layer, x, y, version)
+            if target.active:
                 return [], target
-            return [{"op": "activate", "layer": layer, "x": x, "y": y, "version": version}], target
+            op = {"op": "activate", "layer": layer, "x": x, "y": y, "version": version}
+            return [op], dataclasses.replace(target, active=True)
 
         return self._commit(build)
 
-    def list_active(self, layer: str, *, bbox: tuple[int, int, int, int] | None = None) -> list[TileVersion]:
-        check_layer(layer)
-        bbox = check_bbox(bbox)
-        self._sync()
-        return self._index.list_active(layer, bbox)
-
-    def active_map(self, layer: str, keys: Iterable[tuple[int, int]]) -> dict[tuple[int, int], TileVersion]:
-        check_layer(layer)
-        self._sync()
-        return self._index.active_map(layer, check_keys(keys))
-
     # --- flags -------------------------------------------------------------------------------------
-    def flags(self, x: int, y: int) -> QuadrantFlags:
-        x, y = check_xy(x, y)
-        self._sync()
-        return self._index.flags(x, y)
-
-    def set_flags(
-        self,
-        x: int,
-        y: int,
-        *,
-        water: Water | None = None,
-        starred: bool | None = None,
-        flagged: bool | None = None,
-        reference: bool | None = None,
-    ) -> QuadrantFlags:
-        x, y = check_xy(x, y)
-        water = check_flag_args(water, starred, flagged, reference)
-
+    def _commit_flags(self, x: int, y: int, update: FlagUpdate) -> QuadrantFlags:
         def build(c: sqlite3.Connection, now: float) -> tuple[list[dict[str, Any]], QuadrantFlags]:
             cur = self._index.flags(x, y, c)
-            new = QuadrantFlags(
-                x,
-                y,
-                cur.water if water is None else water,
-                cur.starred if starred is None else starred,
-                cur.flagged if flagged is None else flagged,
-                cur.reference if reference is None else reference,
-            )
-            if (
-                new == cur
-                and c.execute("SELECT 1 FROM quadrant_flags WHERE x = ? AND y = ?", (x, y)).fetchone()
-            ):
+            new = update.apply(cur)
+            if new == cur and self._index.has_flags_row(c, x, y):
                 return [], cur
             op = {
                 "op": "flags",
                 "x": x,
                 "y": y,
-                "water": None if water is None else int(water),
-                "starred": starred,
-                "flagged": flagged,
-                "reference": reference,
+                "water": None if update.water is None else int(update.water),
+                "starred": update.starred,
+                "flagged": update.flagged,
+                "reference": update.reference,
             }
             return [op], new
 
         return self._commit(build)
 
-    def list_flags(
-        self, *, reference: bool | None = None, starred: bool | None = None, flagged: bool | None = None
-    ) -> list[QuadrantFlags]:
-        check_flag_args(None, starred, flagged, reference)
-        self._sync()
-        return self._index.list_flags(reference=reference, starred=starred, flagged=flagged)
-
     def close(self) -> None:
-        self._index.close()
+        super().close()
         if self._given_client is None and self._client is not None:
             with contextlib.suppress(Exception):
                 self._client.close()

@@ -6,7 +6,7 @@ stylizes the render buffers (surface class, building id, visible height) the ste
 (or, without them, the classes recovered from the template's render colours).
 
 Why it is seam-free by construction: every texture, window grid, tree and rooftop object is a
-function of *world* pixel coordinates, building id and height (see ``noise``), never of the
+function of *world* pixel coordinates, building id and height (see ``_noise``), never of the
 template window. Two steps that draw the same world pixel from the same render buffers pick the same
 colour, so the pixels a step generates next to its context are exactly the ones its neighbour would
 have drawn there. Local operators (outlines, rims, window piers) look ≤ 3 px around a pixel, and the
@@ -33,13 +33,20 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from isonyc_dagster.backends.base import BackendError, GenerationRequest, GenerationResult, ImageBackend
+from isonyc_dagster.backends.base import (
+    BackendConfigError,
+    BackendError,
+    GenerationRequest,
+    GenerationResult,
+    ImageBackend,
+)
 from isonyc_dagster.backends.pixelart import palette as pal
-from isonyc_dagster.backends.pixelart.noise import bayer, hash_u32
+from isonyc_dagster.backends.pixelart._noise import bayer, hash_u32
 from isonyc_dagster.backends.pixelart.style import MARGIN_PX, Camera, StyleParams, stylize
 from isonyc_dagster.geo.config import MapConfig
 from isonyc_dagster.geo.geometry import MapGeometry
 from isonyc_dagster.geo.surfaces import PALETTE, Surface
+from isonyc_dagster.images import png_bytes
 
 #: Bump when the look changes (palette, rules): it is part of ``model_id`` and of provenance.
 STYLE_VERSION = 1
@@ -73,7 +80,7 @@ class PixelArtBackend(ImageBackend):
         if isinstance(params, dict):
             unknown = sorted(set(params) - set(StyleParams.__dataclass_fields__))
             if unknown:
-                raise ValueError(
+                raise BackendConfigError(
                     f"unknown pixel-art style parameter(s) {unknown}; valid: {sorted(StyleParams.__dataclass_fields__)}"
                 )
             params = StyleParams(**params)
@@ -82,7 +89,7 @@ class PixelArtBackend(ImageBackend):
         self.params = params or StyleParams()
         self.harmonize = harmonize
         if not 0 <= png_compress_level <= 9:
-            raise ValueError(f"png_compress_level must be 0..9, got {png_compress_level}")
+            raise BackendConfigError(f"png_compress_level must be 0..9, got {png_compress_level}")
         self.png_compress_level = png_compress_level
         self.model_id = f"pixelart-v{STYLE_VERSION}"
 
@@ -90,8 +97,7 @@ class PixelArtBackend(ImageBackend):
     def generate(self, request: GenerationRequest) -> GenerationResult:
         t0 = time.perf_counter()
         out, info = self.generate_array(request)
-        buf = io.BytesIO()
-        Image.fromarray(out, "RGB").save(buf, format="PNG", compress_level=self.png_compress_level)
+        image_png = png_bytes(out, compress_level=self.png_compress_level)
         provenance: dict[str, Any] = {
             "backend": self.name,
             "model_id": self.model_id,
@@ -107,7 +113,7 @@ class PixelArtBackend(ImageBackend):
         if request.seed is not None:
             # Reported, not used: textures must not depend on the step (see module docstring).
             provenance["request_seed"] = int(request.seed)
-        return GenerationResult(image_png=buf.getvalue(), provenance=provenance)
+        return GenerationResult(image_png=image_png, provenance=provenance)
 
     def generate_array(self, request: GenerationRequest) -> tuple[np.ndarray, dict[str, Any]]:
         """Like ``generate`` but returns the RGB array (H, W, 3) uint8 and the extra provenance keys."""

@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage
 
+from isonyc_dagster.backends.base import BackendConfigError
 from isonyc_dagster.backends.pixelart import palette as pal
-from isonyc_dagster.backends.pixelart.noise import hash_u32, hash_unit, value_noise
+from isonyc_dagster.backends.pixelart._noise import hash_u32, hash_unit, value_noise
 from isonyc_dagster.geo.surfaces import Surface
 
 if TYPE_CHECKING:
@@ -63,10 +64,12 @@ class StyleParams:
     def __post_init__(self) -> None:
         for name in ("floor_height_m", "window_spacing_m", "depth_edge_m", "lane_dash_m"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"StyleParams.{name} must be > 0, got {getattr(self, name)!r}")
+                raise BackendConfigError(f"StyleParams.{name} must be > 0, got {getattr(self, name)!r}")
         for name in ("tree_density", "roof_detail_density"):
             if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"StyleParams.{name} must be within 0..1, got {getattr(self, name)!r}")
+                raise BackendConfigError(
+                    f"StyleParams.{name} must be within 0..1, got {getattr(self, name)!r}"
+                )
 
     def as_dict(self) -> dict[str, float | int]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -223,17 +226,16 @@ class _BuildingLut:
         bmin = int(ids_of_pixels.min()) if ids_of_pixels.size else 0
         # A direct lookup table for small ids (< 2^22); the renderer's stable CRC-32 ids and ids
         # inferred from colours are sorted instead.
+        self._lut: np.ndarray | None = None
         if bmin >= 0 and bmax < 1 << 22:
             present = np.zeros(bmax + 1, bool)
             present[ids_of_pixels] = True
             ub = np.flatnonzero(present)
             self._lut = np.zeros(bmax + 1, np.int32)
             self._lut[ub] = np.arange(ub.size, dtype=np.int32)
-            self._sorted = None
         else:
             ub = np.unique(ids_of_pixels)
-            self._lut = None
-            self._sorted = ub
+        self._sorted = ub  # the present ids, ascending: searched when there is no lookup table
         self.ids = ub.astype(np.int64)
         u = hash_unit(self.ids, salt=seed + 11)
         self.mat = np.searchsorted(pal.MATERIAL_CDF, u, side="right").clip(0, len(pal.MATERIALS) - 1)

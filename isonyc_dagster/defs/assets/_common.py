@@ -1,17 +1,15 @@
-"""Helpers shared by the asset modules."""
+"""Helpers shared by the asset modules: partition keys, previews, data versions and per-partition metadata."""
 
 import base64
 import hashlib
 import io
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import dagster as dg
 from PIL import Image
 
 from isonyc_dagster.defs.partitions import parse_key2
-
-#: zlib level of tiles written to the store: ~2× faster than the default 6 for a few percent more bytes.
-TILE_PNG_LEVEL = 3
 
 #: Runs with at most this many partitions get an inline thumbnail per partition; larger runs link the full tile
 #: only, which keeps the event log small at city scale.
@@ -64,3 +62,50 @@ def observe(context: dg.AssetExecutionContext, partition: str, metadata: dict) -
     context.log_event(
         dg.AssetObservation(asset_key=context.asset_key, partition=partition, metadata=metadata)
     )
+
+
+class PartitionRun:
+    """The partitions of one run (one key or a key range), and what the asset reports about each.
+
+    Dagster keeps one metadata set per run step: a single-partition run gets the partition's metadata on its
+    materialization; a range run logs each partition's metadata as an observation of that partition and says so.
+    """
+
+    def __init__(self, context: dg.AssetExecutionContext) -> None:
+        self.context = context
+        self.keys: list[str] = list(context.partition_keys)
+        self.pairs = partition_pairs(context)
+        self.shas: dict[str, str] = {}
+        self._last: dict[str, Any] = {}
+
+    def __iter__(self) -> Iterator[tuple[str, tuple[int, int]]]:
+        return iter(zip(self.keys, self.pairs, strict=True))
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @property
+    def thumbnails(self) -> bool:
+        """Whether per-partition inline previews are worth their event-log size."""
+        return len(self.keys) <= THUMBNAILS_UP_TO
+
+    def skip(self, key: str, metadata: dict[str, Any]) -> None:
+        """A partition with nothing to do (outside the bounds, an empty lattice cell)."""
+        observe(self.context, key, metadata)
+
+    def record(self, key: str, sha256: str, metadata: dict[str, Any]) -> None:
+        """A partition done: its output hash (for the data version) and its metadata."""
+        self.shas[key] = sha256
+        self._last = metadata
+        if len(self.keys) > 1:
+            observe(self.context, key, metadata)
+
+    def result(self, metadata: dict[str, Any], **kwargs: Any) -> dg.MaterializeResult:
+        """The run's materialization: totals, plus the partition's own metadata when there is one partition."""
+        meta = dict(metadata)
+        if len(self.keys) == 1:
+            meta.update(self._last)
+        else:
+            meta["per_partition"] = PER_PARTITION_NOTE
+        version = combined_version(self.shas) if self.shas else None
+        return dg.MaterializeResult(metadata=meta, data_version=version, **kwargs)

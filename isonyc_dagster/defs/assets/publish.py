@@ -4,14 +4,14 @@ from pathlib import Path
 
 import dagster as dg
 
-from isonyc_dagster.defs.assets.steps import GENERATION_LAYER
+from isonyc_dagster import layers
 from isonyc_dagster.defs.resources import ProjectResource
+from isonyc_dagster.publish.build import build_pyramid
 from isonyc_dagster.publish.pmtiles import export_pmtiles
-from isonyc_dagster.publish.pyramid import build_pyramid
 
 
 def build_export_assets() -> list[dg.AssetsDefinition]:
-    @dg.asset(name="dzi_pyramid", deps=["generation"], group_name="export", compute_kind="pyvips")
+    @dg.asset(name=layers.DZI_PYRAMID, deps=[layers.GENERATION], group_name="export", compute_kind="pyvips")
     def dzi_pyramid(context: dg.AssetExecutionContext, project: ProjectResource) -> dg.MaterializeResult:
         """Bring the Deep Zoom pyramid up to date: only tiles above changed quadrants are rewritten."""
         from isonyc_dagster.publish.viewer import ViewerError, write_viewer
@@ -22,14 +22,14 @@ def build_export_assets() -> list[dg.AssetsDefinition]:
             "map": p.config.map.model_dump(mode="json"),
             "attribution": p.city().attribution or None,
             "dagster_url": p.config.dagster_url,
-            "dagster_asset": "generation",
+            "dagster_asset": layers.GENERATION,
             "partition_key_template": "{x}|{y}",
         }
         info = build_pyramid(
             p.store,
             out,
             grid=p.quadrants.bbox,
-            layer=GENERATION_LAYER,
+            layer=layers.GENERATION,
             meta={k: v for k, v in meta.items() if v is not None},
         )
         viewer = None
@@ -50,7 +50,7 @@ def build_export_assets() -> list[dg.AssetsDefinition]:
             }
         )
 
-    @dg.asset(name="pmtiles_archive", deps=["dzi_pyramid"], group_name="export", compute_kind="pmtiles")
+    @dg.asset(name=layers.PMTILES_ARCHIVE, deps=[layers.DZI_PYRAMID], group_name="export", compute_kind="pmtiles")
     def pmtiles_archive(project: ProjectResource) -> dg.MaterializeResult:
         """The same lossless tiles as one PMTiles file, for single-file hosting."""
         p = project.get()

@@ -11,7 +11,10 @@ import os
 import shutil
 from pathlib import Path
 
-from isonyc_dagster.publish.pyramid import PyramidError, _atomic_write, read_sidecar
+from isonyc_dagster.errors import IsonycError
+from isonyc_dagster.fileio import atomic_write
+from isonyc_dagster.publish.layout import PyramidError
+from isonyc_dagster.publish.manifest import read_sidecar
 
 __all__ = ["ViewerError", "find_openseadragon", "write_viewer"]
 
@@ -21,7 +24,7 @@ ENV_VAR = "ISONYC_OPENSEADRAGON_DIR"
 _OSD_SUBDIR = Path("node_modules/openseadragon/build/openseadragon")
 
 
-class ViewerError(RuntimeError):
+class ViewerError(IsonycError, RuntimeError):
     """The viewer cannot be written (OpenSeadragon missing, no pyramid in the directory)."""
 
 
@@ -66,15 +69,16 @@ def write_viewer(
     osd = find_openseadragon(openseadragon_dir)
     page = (_HERE / "index.html").read_text(encoding="utf-8")
     page = page.replace("{{TITLE}}", html.escape(side["title"])).replace("{{MAP}}", html.escape(side["name"]))
-    _atomic_write(out / "index.html", page.encode())
+    # Static files that every export rewrites: no fsync (dozens of small files, nothing lost on a crash).
+    atomic_write(out / "index.html", page.encode(), fsync=False)
     for f in ("viewer.js", "viewer.css"):
-        _atomic_write(out / f, (_HERE / f).read_bytes())
+        atomic_write(out / f, (_HERE / f).read_bytes(), fsync=False)
     dst = out / "openseadragon"
     (dst / "images").mkdir(parents=True, exist_ok=True)
-    _atomic_write(dst / "openseadragon.min.js", (osd / "openseadragon.min.js").read_bytes())
+    atomic_write(dst / "openseadragon.min.js", (osd / "openseadragon.min.js").read_bytes(), fsync=False)
     for img in (osd / "images").iterdir():
         if img.is_file():
-            _atomic_write(dst / "images" / img.name, img.read_bytes())
+            atomic_write(dst / "images" / img.name, img.read_bytes(), fsync=False)
     # BSD-3 asks redistributions to keep the licence: node_modules/openseadragon/LICENSE.txt.
     for lic in (osd / "LICENSE.txt", osd.parents[1] / "LICENSE.txt"):
         if lic.is_file():

@@ -1,17 +1,7 @@
-"""Deep Zoom (DZI) pyramid of the active generations: streaming, lossless, pixel-crisp, incremental.
-
-Layout (standard DZI, ``depth=onepixel`` numbering, what OpenSeadragon and every DZI viewer expect)::
-
-    <out>/<name>.dzi                          XML: TileSize = quadrant_px, Overlap 0, Format png|webp
-    <out>/<name>_files/<level>/<col>_<row>.<fmt>
-    <out>/<name>.json                         sidecar: grid origin, map config, attribution, Dagster links
-    <out>/.<name>.manifest.sqlite             input hash of every tile (for resume and incremental updates)
-
-Level ``L`` of an image W×H is ``ceil(W / 2^(maxL-L)) × ceil(H / 2^(maxL-L))`` with
-``maxL = ceil(log2(max(W, H)))``, down to 1×1 at level 0.
+"""The incremental builder of the Deep Zoom pyramid of the active generations: streaming, lossless, pixel-crisp.
 
 Why not ``pyvips.dzsave`` on an ``arrayjoin`` mosaic (what the original did, W7c/W7e)? The tiles are
-aligned to quadrants (TileSize == quadrant_px, no overlap), so
+aligned to quadrants (see ``layout``), so
 - a full-resolution tile *is* one stored quadrant PNG: we copy its bytes (lossless by construction, no
   decode/encode at all), where dzsave decodes and re-encodes every one;
 - a tile at level L is exactly the 2×2 tiles of level L+1 subsampled by 2 (top-left pixel of each 2×2
@@ -19,13 +9,11 @@ aligned to quadrants (TileSize == quadrant_px, no overlap), so
   ``dzsave(depth="onepixel", region_shrink="nearest")``). A depth-first walk holds one canvas per level
   and so needs O(depth) memory however large the map grows, and a changed quadrant touches exactly one
   tile per level above it, which makes incremental updates cheap. dzsave can do neither.
-Per-tile codecs: pyvips (libspng + zlib, the same encoder and defaults as dzsave, ~2× faster than Pillow
-at the same compression level) encodes; Pillow decodes (a single small PNG costs ~1 ms in Pillow versus
-~3 ms of libvips pipeline set-up). Both release the GIL, so subtrees are built on a thread pool.
+The per-tile codecs release the GIL, so subtrees are built on a thread pool.
 
 Each tile carries a Merkle hash of its inputs (quadrant sha256 at the base, children's hashes above,
 plus its size and the format). A tile is rewritten only when its hash changed or its file is missing;
-every write is atomic (temp file + ``os.replace``) and its manifest row is committed only after the file
+every write is atomic (``fileio.atomic_write``) and its manifest row is committed only after the file
 is in place, so a crashed build resumes where it stopped and a viewer never sees a half-written tile.
 """
 
@@ -34,189 +22,54 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import io
-import json
-import math
 import os
 import re
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-import pyvips
-from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from isonyc_dagster.geo.config import MapConfig
+from isonyc_dagster import layers
+from isonyc_dagster.fileio import atomic_write
+from isonyc_dagster.publish._codec import decode_rgba, encode_rgba
+from isonyc_dagster.publish.layout import (
+    Format,
+    LevelInfo,
+    PyramidError,
+    PyramidLayout,
+    dzi_xml,
+    tile_path,
+    tiles_dirname,
+)
+from isonyc_dagster.publish.manifest import (
+    PyramidMeta,
+    TileManifest,
+    TileRow,
+    layout_from_sidecar,
+    make_sidecar,
+    parse_meta,
+    read_sidecar,
+    write_sidecar,
+)
 from isonyc_dagster.store.base import TileStore
 
-__all__ = [
-    "DEFAULT_ATTRIBUTION",
-    "BuildStats",
-    "LevelInfo",
-    "PyramidError",
-    "PyramidInfo",
-    "PyramidLayout",
-    "PyramidMeta",
-    "build_pyramid",
-    "find_pyramid",
-    "layout_from_sidecar",
-    "read_sidecar",
-    "update_pyramid",
-]
+__all__ = ["BuildStats", "PyramidInfo", "build_pyramid", "update_pyramid"]
 
-Format = Literal["png", "webp"]
-SIDECAR_VERSION = 1
 # Bump when the pixels produced for the same inputs change (codec settings, shrink rule): forces rewrites.
 _ALGO = "isonyc-dzi-v1"
-_PNG_COMPRESSION = 6  # libvips' and dzsave's default zlib level
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
-
-DEFAULT_ATTRIBUTION = (
-    "Building footprints: NYC OTI (NYC Open Data). Borough boundaries: NYC DCP. Parks: NYC Parks. "
-    "Roads and lower-Manhattan buildings: © OpenStreetMap contributors (ODbL)."
-)
-
-
-class PyramidError(ValueError):
-    """Bad input to the pyramid export, or an output directory that is not a pyramid we can update."""
-
-
-class PyramidMeta(BaseModel):
-    """What the sidecar tells the viewer besides the grid. Passed to ``build_pyramid(meta=...)`` as a dict."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    map: MapConfig = MapConfig()
-    title: str | None = Field(default=None, description="page title; default: the map name")
-    attribution: str = DEFAULT_ATTRIBUTION
-    dagster_url: str | None = Field(
-        default=None, description="Dagster UI base URL, e.g. http://127.0.0.1:3000"
-    )
-    dagster_asset: str | None = Field(
-        default=None, description="asset key path for lineage links; default: the layer"
-    )
-    partition_key_template: str = Field(
-        default="{x}|{y}", description="quadrant partition key, {x} and {y} filled in"
-    )
-
-    @field_validator("dagster_url")
-    @classmethod
-    def _http_url(cls, v: str | None) -> str | None:
-        if v is None or not v.strip():
-            return None
-        v = v.strip().rstrip("/")
-        if not v.startswith(("http://", "https://")):
-            raise ValueError("dagster_url must start with http:// or https:// (the Dagster UI base URL)")
-        return v
-
-    @field_validator("partition_key_template")
-    @classmethod
-    def _has_xy(cls, v: str) -> str:
-        if "{x}" not in v or "{y}" not in v:
-            raise ValueError("partition_key_template must contain both {x} and {y}, e.g. '{x}|{y}'")
-        return v
-
-
-# --------------------------------------------------------------------------------------------------
-# geometry of the pyramid
-
-
-@dataclass(frozen=True, slots=True)
-class LevelInfo:
-    level: int
-    width: int
-    height: int
-    cols: int
-    rows: int
-
-    @property
-    def tiles(self) -> int:
-        return self.cols * self.rows
-
-
-@dataclass(frozen=True)
-class PyramidLayout:
-    """The DZI pyramid over an inclusive quadrant bbox; tile (maxL, c, r) is quadrant (x0 + c, y0 + r)."""
-
-    x0: int
-    y0: int
-    x1: int
-    y1: int
-    tile: int = 512
-
-    def __post_init__(self) -> None:
-        for k in ("x0", "y0", "x1", "y1", "tile"):
-            v = getattr(self, k)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-                raise PyramidError(f"grid value {k}={v!r} must be an integer (quadrant keys are integers)")
-        if self.x1 < self.x0 or self.y1 < self.y0:
-            raise PyramidError(
-                f"grid ({self.x0}, {self.y0}, {self.x1}, {self.y1}) is empty: it is an inclusive bbox "
-                "(x0, y0, x1, y1) and needs x1 >= x0 and y1 >= y0"
-            )
-        if self.tile < 16:
-            raise PyramidError(f"tile size {self.tile} is too small (quadrant_px must be >= 16)")
-
-    @property
-    def nx(self) -> int:
-        return self.x1 - self.x0 + 1
-
-    @property
-    def ny(self) -> int:
-        return self.y1 - self.y0 + 1
-
-    @property
-    def width(self) -> int:
-        return self.nx * self.tile
-
-    @property
-    def height(self) -> int:
-        return self.ny * self.tile
-
-    @cached_property
-    def max_level(self) -> int:
-        return math.ceil(math.log2(max(self.width, self.height)))
-
-    @cached_property
-    def _levels(self) -> tuple[LevelInfo, ...]:
-        out = []
-        for lv in range(self.max_level + 1):
-            s = 1 << (self.max_level - lv)
-            w, h = -(-self.width // s), -(-self.height // s)
-            out.append(LevelInfo(lv, w, h, -(-w // self.tile), -(-h // self.tile)))
-        return tuple(out)
-
-    def level(self, level: int) -> LevelInfo:
-        return self._levels[level]
-
-    def levels(self) -> list[LevelInfo]:
-        return list(self._levels)
-
-    def tile_size(self, level: int, col: int, row: int) -> tuple[int, int]:
-        info = self.level(level)
-        return min(self.tile, info.width - col * self.tile), min(self.tile, info.height - row * self.tile)
-
-    def contains(self, level: int, col: int, row: int) -> bool:
-        if not 0 <= level <= self.max_level:
-            return False
-        info = self._levels[level]
-        return 0 <= col < info.cols and 0 <= row < info.rows
-
-    def quadrant_of(self, col: int, row: int) -> tuple[int, int]:
-        return self.x0 + col, self.y0 + row
 
 
 @dataclass(frozen=True, slots=True)
 class BuildStats:
+    """What a build or update did."""
+
     tiles_written: int
     tiles_skipped: int
     written_per_level: dict[int, int]
@@ -226,6 +79,8 @@ class BuildStats:
 
 @dataclass(frozen=True)
 class PyramidInfo:
+    """A built pyramid: where it is, its geometry, and what the build did."""
+
     out_dir: Path
     name: str
     fmt: Format
@@ -237,64 +92,11 @@ class PyramidInfo:
 
     @property
     def tiles_dir(self) -> Path:
-        return self.out_dir / f"{self.name}_files"
-
-
-# --------------------------------------------------------------------------------------------------
-# small IO helpers
-
-
-def _atomic_write(path: Path, data: bytes, *, fsync: bool = False) -> None:
-    """Write via a temp file in the same directory + rename, so readers see the old or the new file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-
-
-def _decode(data: bytes, what: str) -> np.ndarray:
-    """PNG/WebP bytes → H×W×4 uint8 RGBA."""
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            if im.mode != "RGBA":
-                im = im.convert("RGBA")
-            return np.asarray(im)
-    except Exception as e:  # Pillow raises many types for corrupt data
-        raise PyramidError(f"{what} is not a decodable image ({e}); re-generate or re-activate it") from e
-
-
-def _encode(rgba: np.ndarray, fmt: Format) -> bytes:
-    """Lossless encode; opaque tiles drop the alpha band (smaller files, same pixels)."""
-    if rgba[..., 3].min() == 255:
-        rgba = rgba[..., :3]
-    arr = np.ascontiguousarray(rgba)
-    h, w, bands = arr.shape
-    img = pyvips.Image.new_from_memory(arr.data, w, h, bands, "uchar")
-    if fmt == "png":
-        return img.write_to_buffer(".png", compression=_PNG_COMPRESSION)
-    return img.write_to_buffer(".webp", lossless=True)
+        return self.out_dir / tiles_dirname(self.name)
 
 
 def _h(*parts: object) -> str:
     return hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=16).hexdigest()
-
-
-def _dzi_xml(layout: PyramidLayout, fmt: str) -> str:
-    return (
-        '<?xml version="1.0" encoding="UTF-8"?>\n'
-        f'<Image xmlns="http://schemas.microsoft.com/deepzoom/2008" Format="{fmt}" Overlap="0" '
-        f'TileSize="{layout.tile}">\n'
-        f'  <Size Width="{layout.width}" Height="{layout.height}"/>\n'
-        "</Image>\n"
-    )
 
 
 @contextlib.contextmanager
@@ -306,77 +108,6 @@ def _locked(out_dir: Path, name: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
-_Rec = tuple[str, int, int, int]  # input hash, and the file's mtime_ns, size and inode when it was written
-
-
-class _Manifest:
-    """SQLite table of the input hash each tile file was written from, and that file's identity.
-
-    The file identity (mtime_ns, size, inode: os.replace gives every write a new inode) makes a row
-    prove what is on disk: a tile rewritten by a build that died before recording it no longer matches
-    its row, so it is rebuilt instead of trusted. A hash alone could not tell."""
-
-    _SCHEMA = 2
-
-    def __init__(self, path: Path) -> None:
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        if self._db.execute("PRAGMA user_version").fetchone()[0] != self._SCHEMA:
-            self._db.execute("DROP TABLE IF EXISTS tiles")  # older layout: forget it, tiles get rebuilt
-            self._db.execute(f"PRAGMA user_version={self._SCHEMA}")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS tiles (level INTEGER, col INTEGER, row INTEGER, hash TEXT NOT NULL,"
-            " mtime_ns INTEGER, size INTEGER, inode INTEGER, PRIMARY KEY (level, col, row)) WITHOUT ROWID"
-        )
-        self._lock = threading.Lock()
-        self._cache: dict[tuple[int, int, int], _Rec | None] = {}
-        self._complete = False
-
-    def preload(self) -> None:
-        with self._lock:
-            self._cache = {
-                (lv, c, r): (h, m, sz, ino)
-                for lv, c, r, h, m, sz, ino in self._db.execute("SELECT * FROM tiles")
-            }
-            self._complete = True
-
-    def get(self, key: tuple[int, int, int]) -> _Rec | None:
-        with self._lock:
-            if key in self._cache or self._complete:
-                return self._cache.get(key)
-            row = self._db.execute(
-                "SELECT hash, mtime_ns, size, inode FROM tiles WHERE level=? AND col=? AND row=?", key
-            ).fetchone()
-            self._cache[key] = tuple(row) if row else None  # type: ignore[assignment]
-            return self._cache[key]
-
-    def put_many(self, rows: list[tuple[int, int, int, str, int, int, int]]) -> None:
-        if not rows:
-            return
-        with self._lock:
-            self._db.execute("BEGIN")
-            self._db.executemany("INSERT OR REPLACE INTO tiles VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-            self._db.execute("COMMIT")
-            for lv, c, r, h, m, sz, ino in rows:
-                self._cache[(lv, c, r)] = (h, m, sz, ino)
-
-    def all_keys(self) -> list[tuple[int, int, int]]:
-        with self._lock:
-            return list(self._db.execute("SELECT level, col, row FROM tiles"))
-
-    def delete_many(self, keys: list[tuple[int, int, int]]) -> None:
-        with self._lock:
-            self._db.execute("BEGIN")
-            self._db.executemany("DELETE FROM tiles WHERE level=? AND col=? AND row=?", keys)
-            self._db.execute("COMMIT")
-            for k in keys:
-                self._cache.pop(k, None)
-
-    def close(self) -> None:
-        self._db.close()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -402,17 +133,17 @@ class _Builder:
         layout: PyramidLayout,
         fmt: Format,
         layer: str,
-        manifest: _Manifest,
+        manifest: TileManifest,
         sha_of: Callable[[int, int], str | None],
         visit: Callable[[int, int, int], bool],
     ) -> None:
         self.store, self.layout, self.fmt, self.layer = store, layout, fmt, layer
-        self.files = out_dir / f"{name}_files"
+        self.files = out_dir / tiles_dirname(name)
         self.manifest, self.sha_of, self.visit = manifest, sha_of, visit
         self.params = f"{_ALGO}|{fmt}|{layout.tile}"
         self._blank: dict[tuple[int, int], bytes] = {}
         self._lock = threading.Lock()
-        self.pending: list[tuple[int, int, int, str, int, int, int]] = []
+        self.pending: list[TileRow] = []
         self._results: dict[tuple[int, int, int], _Node] = {}
         self._flushed = time.monotonic()
         self.written: dict[int, int] = {}
@@ -420,17 +151,17 @@ class _Builder:
 
     # -- helpers
     def path(self, level: int, col: int, row: int) -> Path:
-        return self.files / str(level) / f"{col}_{row}.{self.fmt}"
+        return tile_path(self.files, level, col, row, self.fmt)
 
     def blank(self, w: int, h: int) -> bytes:
         b = self._blank.get((w, h))
         if b is None:
-            b = self._blank[(w, h)] = _encode(np.zeros((h, w, 4), np.uint8), self.fmt)
+            b = self._blank[(w, h)] = encode_rgba(np.zeros((h, w, 4), np.uint8), self.fmt)
         return b
 
     def _write(self, level: int, col: int, row: int, data: bytes, h: str) -> None:
         path = self.path(level, col, row)
-        _atomic_write(path, data)
+        atomic_write(path, data, fsync=False)  # a crashed build rewrites unrecorded tiles anyway
         st = os.stat(path)
         with self._lock:
             self.pending.append((level, col, row, h, st.st_mtime_ns, st.st_size, st.st_ino))
@@ -441,7 +172,7 @@ class _Builder:
 
     def _read_half(self, level: int, col: int, row: int) -> np.ndarray | None:
         p = self.path(level, col, row)
-        arr = _decode(p.read_bytes(), f"pyramid tile {p}")
+        arr = decode_rgba(p.read_bytes(), f"pyramid tile {p}")
         return arr[::2, ::2]
 
     def _recorded(self, key: tuple[int, int, int]) -> str | None:
@@ -500,13 +231,13 @@ class _Builder:
         if self.fmt == "png" and data[:8] == b"\x89PNG\r\n\x1a\n":
             out = data  # the stored PNG already is the lossless tile: copy the bytes, no re-encode
         else:
-            full = _decode(data, what)
+            full = decode_rgba(data, what)
             self._check_size(full, what)
-            out = _encode(full, self.fmt)
+            out = encode_rgba(full, self.fmt)
         self._write(lv, col, row, out, h)
 
         def half() -> np.ndarray:
-            arr = full if full is not None else _decode(data, what)
+            arr = full if full is not None else decode_rgba(data, what)
             self._check_size(arr, what)
             return arr[::2, ::2]
 
@@ -540,7 +271,7 @@ class _Builder:
             )
             if was == old:
                 p = self.path(level, col, row)
-                arr = _decode(p.read_bytes(), f"pyramid tile {p}")
+                arr = decode_rgba(p.read_bytes(), f"pyramid tile {p}")
                 if arr.shape == (hgt, w, 4):
                     canvas = arr.copy()
         patching = canvas is not None
@@ -562,7 +293,7 @@ class _Builder:
         if not canvas[..., 3].any():
             self._write(level, col, row, self.blank(w, hgt), h)
             return _Node(h, old, True, lambda: None)
-        self._write(level, col, row, _encode(canvas, self.fmt), h)
+        self._write(level, col, row, encode_rgba(canvas, self.fmt), h)
         half_img = np.ascontiguousarray(canvas[::2, ::2])
         return _Node(h, old, True, lambda: half_img)
 
@@ -631,71 +362,8 @@ def _remove_leftovers(files: Path, fmt: str) -> None:
                         os.unlink(e.path)
 
 
-def _sidecar(
-    name: str,
-    layout: PyramidLayout,
-    fmt: Format,
-    layer: str,
-    meta: PyramidMeta,
-    built_at: str,
-    updated_at: str,
-) -> dict[str, Any]:
-    return {
-        "version": SIDECAR_VERSION,
-        "name": name,
-        "title": meta.title or meta.map.name,
-        "dzi": f"{name}.dzi",
-        "tiles": f"{name}_files",
-        "format": fmt,
-        "tile_size": layout.tile,
-        "overlap": 0,
-        "quadrant_px": layout.tile,
-        "layer": layer,
-        "grid": {
-            "x0": layout.x0,
-            "y0": layout.y0,
-            "x1": layout.x1,
-            "y1": layout.y1,
-            "width": layout.nx,
-            "height": layout.ny,
-        },
-        "image": {"width": layout.width, "height": layout.height},
-        "max_level": layout.max_level,
-        "levels": [
-            {
-                "level": li.level,
-                "width": li.width,
-                "height": li.height,
-                "cols": li.cols,
-                "rows": li.rows,
-                "tiles": li.tiles,
-            }
-            for li in layout.levels()
-        ],
-        "map": meta.map.model_dump(mode="json"),
-        "attribution": meta.attribution,
-        "dagster": {
-            "url": meta.dagster_url,
-            "asset": meta.dagster_asset or layer,
-            "partition_key_template": meta.partition_key_template,
-        },
-        "built_at": built_at,
-        "updated_at": updated_at,
-    }
-
-
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def _parse_meta(meta: dict[str, Any] | PyramidMeta | None) -> PyramidMeta:
-    if isinstance(meta, PyramidMeta):
-        return meta
-    try:
-        return PyramidMeta.model_validate(meta or {})
-    except ValidationError as e:
-        msgs = "; ".join(f"meta.{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
-        raise PyramidError(f"invalid pyramid meta: {msgs}") from None
 
 
 def build_pyramid(
@@ -703,7 +371,7 @@ def build_pyramid(
     out_dir: str | os.PathLike[str],
     *,
     grid: tuple[int, int, int, int],
-    layer: str = "generation",
+    layer: str = layers.GENERATION,
     fmt: Format = "png",
     meta: dict[str, Any] | PyramidMeta | None = None,
     name: str | None = None,
@@ -715,7 +383,7 @@ def build_pyramid(
     t0 = time.perf_counter()
     if fmt not in ("png", "webp"):
         raise PyramidError(f"fmt must be 'png' or 'webp' (both lossless), got {fmt!r}")
-    m = _parse_meta(meta)
+    m = parse_meta(meta)
     name = name or m.map.name
     if not _NAME_RE.match(name):
         raise PyramidError(f"pyramid name {name!r} may only contain letters, digits, '_', '.', '-'")
@@ -728,12 +396,12 @@ def build_pyramid(
     layout = PyramidLayout(x0, y0, x1, y1, tile=m.map.quadrant_px)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    files = out / f"{name}_files"
+    files = out / tiles_dirname(name)
     with _locked(out, name):
         _ensure_dirs(files, layout)
         _remove_leftovers(files, fmt)
         shas = {(v.x, v.y): v.sha256 for v in store.list_active(layer, bbox=(x0, y0, x1, y1))}
-        manifest = _Manifest(out / f".{name}.manifest.sqlite")
+        manifest = TileManifest.of(out, name)
         try:
             manifest.preload()
             b = _Builder(
@@ -744,65 +412,26 @@ def build_pyramid(
         finally:
             manifest.close()
         now = _now()
-        _atomic_write(out / f"{name}.dzi", _dzi_xml(layout, fmt).encode(), fsync=True)
-        side = _sidecar(name, layout, fmt, layer, m, now, now)
-        _atomic_write(out / f"{name}.json", json.dumps(side, indent=2).encode(), fsync=True)
+        atomic_write(out / f"{name}.dzi", dzi_xml(layout, fmt).encode(), fsync=True)
+        side = make_sidecar(name, layout, fmt, layer, m, now, now)
+        sidecar_path = write_sidecar(out, side)
     stats = BuildStats(
         sum(b.written.values()), b.skipped, dict(sorted(b.written.items())), time.perf_counter() - t0
     )
-    return PyramidInfo(
-        out, name, fmt, layout, out / f"{name}.dzi", out / f"{name}.json", stats, layout.levels()
-    )
+    return PyramidInfo(out, name, fmt, layout, out / f"{name}.dzi", sidecar_path, stats, layout.levels())
 
 
-def _prune(manifest: _Manifest, files: Path, layout: PyramidLayout, fmt: str) -> None:
+def _prune(manifest: TileManifest, files: Path, layout: PyramidLayout, fmt: str) -> None:
     """Drop tiles left over from a previous build over a different grid (never requested by viewers)."""
     stale = [k for k in manifest.all_keys() if not layout.contains(*k)]
     for lv, c, r in stale:
         with contextlib.suppress(FileNotFoundError):
-            (files / str(lv) / f"{c}_{r}.{fmt}").unlink()
+            tile_path(files, lv, c, r, fmt).unlink()
     manifest.delete_many(stale)
     for lvdir in files.iterdir():
         if lvdir.is_dir() and lvdir.name.isdigit() and int(lvdir.name) > layout.max_level:
             with contextlib.suppress(OSError):  # only when empty: never delete files we did not write
                 lvdir.rmdir()
-
-
-def find_pyramid(out_dir: str | os.PathLike[str], name: str | None = None) -> str:
-    """The pyramid name in ``out_dir`` (the one ``<name>.dzi`` with a sidecar), or ``PyramidError``."""
-    out = Path(out_dir)
-    if name is not None:
-        if not (out / f"{name}.json").exists():
-            raise PyramidError(f"no pyramid {name!r} in {out} ({name}.json missing); run build_pyramid first")
-        return name
-    names = sorted(p.stem for p in out.glob("*.dzi") if (out / f"{p.stem}.json").exists())
-    if not names:
-        raise PyramidError(
-            f"{out} holds no DZI pyramid (no <name>.dzi + <name>.json); run build_pyramid first"
-        )
-    if len(names) > 1:
-        raise PyramidError(f"{out} holds several pyramids {names}; pass name=")
-    return names[0]
-
-
-def read_sidecar(out_dir: str | os.PathLike[str], name: str | None = None) -> dict[str, Any]:
-    """The JSON sidecar of a built pyramid."""
-    name = find_pyramid(out_dir, name)
-    path = Path(out_dir) / f"{name}.json"
-    try:
-        side = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise PyramidError(f"sidecar {path} is not valid JSON ({e}); rebuild the pyramid") from e
-    if side.get("version") != SIDECAR_VERSION:
-        raise PyramidError(
-            f"sidecar {path} has version {side.get('version')!r}, expected {SIDECAR_VERSION}; rebuild"
-        )
-    return side
-
-
-def layout_from_sidecar(side: dict[str, Any]) -> PyramidLayout:
-    g = side["grid"]
-    return PyramidLayout(g["x0"], g["y0"], g["x1"], g["y1"], tile=side["tile_size"])
 
 
 def update_pyramid(
@@ -829,7 +458,7 @@ def update_pyramid(
             x, y = (int(v) for v in key)
         except (TypeError, ValueError):
             raise PyramidError(f"changed quadrant {key!r} must be an (x, y) pair of integers") from None
-        if layout.x0 <= x <= layout.x1 and layout.y0 <= y <= layout.y1:
+        if (x, y) in layout.grid:
             inside.add((x, y))
         else:
             ignored += 1
@@ -840,7 +469,7 @@ def update_pyramid(
         for lv in range(layout.max_level, -1, -1):
             marked.add((lv, c, r))
             c, r = c // 2, r // 2
-    files = out / f"{name}_files"
+    files = out / tiles_dirname(name)
     written: dict[int, int] = {}
     skipped = 0
     if inside:
@@ -855,13 +484,13 @@ def update_pyramid(
                 v = store.active(layer, x, y)
                 return None if v is None else v.sha256
 
-            manifest = _Manifest(out / f".{name}.manifest.sqlite")
+            manifest = TileManifest.of(out, name)
             try:
                 b = _Builder(store, out, name, layout, fmt, layer, manifest, sha_of, lambda *k: k in marked)
                 b.run(1 if len(inside) < 16 else _workers(workers))
             finally:
                 manifest.close()
             side["updated_at"] = _now()
-            _atomic_write(out / f"{name}.json", json.dumps(side, indent=2).encode(), fsync=True)
+            write_sidecar(out, side)
             written, skipped = dict(sorted(b.written.items())), b.skipped
     return BuildStats(sum(written.values()), skipped, written, time.perf_counter() - t0, ignored)

@@ -1,4 +1,4 @@
-"""Validation shared by the store backends: PNG checks and tile-write preparation.
+"""Validation shared by the store backends: PNG checks, key and argument checks, tile-write preparation.
 
 Everything a store refuses is refused here, before a single byte is written, so a bad tile in a
 multi-tile write can never leave part of the batch behind.
@@ -6,6 +6,7 @@ multi-tile write can never leave part of the batch behind.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -19,7 +20,8 @@ from typing import Any
 
 from PIL import Image, ImageFile
 
-from isonyc_dagster.store.base import StoreError, TileWrite
+from isonyc_dagster.geo.boxes import QuadRect
+from isonyc_dagster.store.base import FlagUpdate, StoreError, TileWrite, Water
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: 8-bit and bilevel modes: what the renderer, the models and the pyramid exporter read. 16-bit and float
@@ -115,6 +117,50 @@ def check_keys(keys: Iterable[tuple[int, int]]) -> set[tuple[int, int]]:
         raise StoreError(f"keys must be (x, y) pairs of ints ({exc})") from exc
 
 
+def check_bbox(bbox: tuple[int, int, int, int] | None) -> QuadRect | None:
+    """An inclusive quadrant rectangle (a ``QuadRect`` or a plain 4-tuple) as a ``QuadRect`` of ints."""
+    if bbox is None:
+        return None
+    try:
+        x0, y0, x1, y1 = bbox
+        (x0, y0), (x1, y1) = check_xy(x0, y0), check_xy(x1, y1)
+    except (TypeError, ValueError, StoreError) as exc:
+        raise StoreError(f"bbox must be (x0, y0, x1, y1) ints, got {bbox!r}") from exc
+    if x0 > x1 or y0 > y1:
+        raise StoreError(f"bbox {bbox} is empty: need x0 <= x1 and y0 <= y1 (inclusive bounds)")
+    return QuadRect(x0, y0, x1, y1)
+
+
+def check_flag_args(update: FlagUpdate) -> FlagUpdate:
+    """``update`` with ``water`` as a ``Water``; ``StoreError`` unless the flags are bools or ``None``."""
+    for name in ("starred", "flagged", "reference"):
+        val = getattr(update, name)
+        if val is not None and not isinstance(val, bool):
+            raise StoreError(f"{name} must be True, False or None, got {val!r}")
+    water = update.water
+    if water is None:
+        return update
+    if isinstance(water, bool):
+        raise StoreError(f"water must be a Water value, got {water!r}")
+    try:
+        return dataclasses.replace(update, water=Water(water))
+    except ValueError:
+        raise StoreError(
+            f"water must be one of {[f'{w.name}={w.value}' for w in Water]}, got {water!r}"
+        ) from None
+
+
+def check_size(size: tuple[int, int], *, what: str = "expect_size") -> tuple[int, int]:
+    """``size`` as a ``(width, height)`` tuple of positive ints, else ``StoreError`` naming ``what``."""
+    if (
+        not isinstance(size, tuple | list)
+        or len(size) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
+    ):
+        raise StoreError(f"{what} must be (width, height) in positive ints, got {size!r}")
+    return size[0], size[1]
+
+
 def canonical_json(provenance: dict[str, Any], *, what: str) -> str:
     """Provenance as canonical JSON (sorted keys), so equal dicts compare equal as text."""
     if not isinstance(provenance, dict):
@@ -148,7 +194,7 @@ def validate_png(data: bytes, *, expect_size: tuple[int, int] | None, what: str)
     try:
         with Image.open(io.BytesIO(data), formats=["PNG"]) as im:
             info = PngInfo(im.width, im.height, im.mode)
-            if expect_size is not None and (im.width, im.height) != tuple(expect_size):
+            if expect_size is not None and (im.width, im.height) != expect_size:
                 raise StoreError(
                     f"{what}: PNG is {im.width}x{im.height} px but {expect_size[0]}x{expect_size[1]} px is "
                     "expected; crop/resize it or pass expect_size"
@@ -178,16 +224,20 @@ def validate_png(data: bytes, *, expect_size: tuple[int, int] | None, what: str)
     return info
 
 
+def prepare_blob(data: bytes, ext: str) -> tuple[bytes, str]:
+    """``put_blob``'s checks (a valid ``ext``; a decodable PNG if ``ext`` is png); returns (bytes, sha256)."""
+    check_ext(ext)
+    data = bytes(data)
+    if ext == "png":
+        validate_png(data, expect_size=None, what="blob")
+    return data, sha256_hex(data)
+
+
 def prepare_writes(writes: Sequence[TileWrite], *, expect_size: tuple[int, int]) -> list[PreparedWrite]:
     """Validate a whole batch (keys, PNGs, provenance) before anything is written."""
     if isinstance(writes, TileWrite):
         raise StoreError("put_tiles takes a sequence of TileWrite; use put_tile for a single tile")
-    if (
-        not isinstance(expect_size, tuple | list)
-        or len(expect_size) != 2
-        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in expect_size)
-    ):
-        raise StoreError(f"expect_size must be (width, height) in positive ints, got {expect_size!r}")
+    size = check_size(expect_size)
     out: list[PreparedWrite] = []
     seen: set[tuple[str, int, int]] = set()
     for w in writes:
@@ -198,7 +248,7 @@ def prepare_writes(writes: Sequence[TileWrite], *, expect_size: tuple[int, int])
         if (layer, x, y) in seen:
             raise StoreError(f"{what} appears twice in one put_tiles call; write each tile once per call")
         seen.add((layer, x, y))
-        validate_png(w.png, expect_size=tuple(expect_size), what=what)
+        validate_png(w.png, expect_size=size, what=what)
         prov_json = canonical_json(w.provenance, what=what)
         png = bytes(w.png)
         out.append(PreparedWrite(layer, x, y, png, sha256_hex(png), json.loads(prov_json), prov_json))

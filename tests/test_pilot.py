@@ -13,7 +13,8 @@ from isonyc_dagster.backends.base import BackendError, GenerationRequest, Genera
 from isonyc_dagster.backends.modal import ModalBackend
 from isonyc_dagster.backends.transport import HttpSettings
 from isonyc_dagster.generate.candidates import candidate_seeds, generate_candidates
-from isonyc_dagster.generate.pilot import draw_red_border, run_pilot
+from isonyc_dagster.generate.pilot import run_pilot
+from isonyc_dagster.generate.template import draw_red_border
 from isonyc_dagster.images import png_bytes
 from tests.fake_apis import serve_asgi
 
@@ -200,7 +201,7 @@ def test_pilot_end_to_end_through_modal_client_and_inference_app(tmp_path):
     class WorldPipeline:
         model_id, lora = "world-pipeline", "world-lora@sha256:1"
 
-        def __call__(self, image, *, prompt, negative_prompt, steps, true_cfg_scale, guidance_scale, seed):
+        def __call__(self, image, req, seed):
             arr = np.array(image)
             red = (arr[..., 0] == 255) & (arr[..., 1] == 0) & (arr[..., 2] == 0)
             ys, xs = np.nonzero(red)

@@ -11,9 +11,10 @@ import logging
 import os
 import pickle
 from collections import OrderedDict
+from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from shapely import affinity
 from shapely.geometry import Polygon
@@ -26,6 +27,7 @@ from isonyc_dagster.geo.config import ProjectConfig, load_project_config
 from isonyc_dagster.geo.geometry import MapGeometry
 
 if TYPE_CHECKING:
+    from isonyc_dagster.backends.base import ImageBackend
     from isonyc_dagster.generate.plan import LatticePlan
     from isonyc_dagster.generate.step import StepInputs
     from isonyc_dagster.geodata.model import City
@@ -164,7 +166,9 @@ class Project:
             regions.move_to_end((rx, ry))
             return regions[(rx, ry)]
         r = REGION_QUADRANTS
-        city = self._load(ground_window(self.geometry, QuadRect(rx * r, ry * r, rx * r + r - 1, ry * r + r - 1)))
+        city = self._load(
+            ground_window(self.geometry, QuadRect(rx * r, ry * r, rx * r + r - 1, ry * r + r - 1))
+        )
         regions[(rx, ry)] = (city, Renderer(city, self.geometry))
         while len(regions) > REGIONS_IN_MEMORY:
             regions.popitem(last=False)
@@ -238,3 +242,49 @@ def _mtime(p: str) -> float | None:
         return os.stat(p).st_mtime
     except OSError:
         return None
+
+
+def run_project_pilot(
+    config: ProjectConfig,
+    backend: ImageBackend,
+    *,
+    x0: int,
+    y0: int,
+    w: int,
+    h: int,
+    k: int,
+    overlap_px: int,
+    out_dir: str | Path,
+    geodata: Sequence[str] | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Render the patch (and its left/top padding) from the project's geodata and run the pilot on it."""
+    from isonyc_dagster.generate.pilot import run_pilot
+    from isonyc_dagster.geodata.load import load_city
+    from isonyc_dagster.render import Renderer
+
+    geometry = MapGeometry(config.map)
+    sources = list(geodata) if geodata is not None else config.geodata
+    bbox = QuadRect(x0 - 1, y0 - 1, x0 + w - 1, y0 + h - 1)
+    renderer = Renderer(load_city(geometry, sources, window=ground_window(geometry, bbox)), geometry)
+    renders: dict[tuple[int, int], RenderResult] = {}
+
+    def render(x: int, y: int) -> RenderResult:
+        if (x, y) not in renders:
+            renders[(x, y)] = renderer.render_quadrant(x, y)
+        return renders[(x, y)]
+
+    return run_pilot(
+        x0,
+        y0,
+        w,
+        h,
+        k,
+        overlap_px,
+        out_dir,
+        backend,
+        lambda x, y: render(x, y).rgb,
+        render_aux=lambda x, y: render(x, y).aux(),
+        prompt=config.prompt,
+        overwrite=overwrite,
+    )

@@ -21,8 +21,14 @@ REPO = Path(__file__).resolve().parents[1]
 def isonyc(*args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "DAGSTER_DISABLE_TELEMETRY": "1"}
     env.pop("ISONYC_CONFIG", None)
-    out = subprocess.run([sys.executable, "-m", "isonyc_dagster.cli", *args], cwd=cwd or REPO, env=env,
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-m", "isonyc_dagster.cli", *args],
+        cwd=cwd or REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if check:
         assert out.returncode == 0, out.stdout + out.stderr
     return out
@@ -55,8 +61,20 @@ def test_render_tile_of_real_buildings(tmp_path: Path) -> None:
     loc = json.loads(isonyc("locate", "40.7583", "-73.9702", "--height", "277.7").stdout)["quadrant"]
     out = tmp_path / "tile.png"
     aux = tmp_path / "tile.npz"
-    res = json.loads(isonyc("render", str(loc["x"]), str(loc["y"]), "--tile", "-o", str(out), "--aux", str(aux),
-                            "--geodata", str(src)).stdout)
+    res = json.loads(
+        isonyc(
+            "render",
+            str(loc["x"]),
+            str(loc["y"]),
+            "--tile",
+            "-o",
+            str(out),
+            "--aux",
+            str(aux),
+            "--geodata",
+            str(src),
+        ).stdout
+    )
     assert res["size"] == [1024, 1024] and res["synthetic"] is False
     rgb = np.asarray(Image.open(out).convert("RGB"))
     classes = classes_from_rgb(rgb)
@@ -72,6 +90,14 @@ def test_bad_input_gives_a_clear_error(tmp_path: Path) -> None:
     out = isonyc("--config", str(bad), "bounds", check=False)
     assert out.returncode == 2
     assert "field 'map.elevation_deg'" in out.stderr and "Traceback" not in out.stderr
-    out = isonyc("render", "0", "0", "-o", str(tmp_path / "x.png"), "--geodata", str(tmp_path / "nope.geojson"),
-                 check=False)
+    out = isonyc(
+        "render",
+        "0",
+        "0",
+        "-o",
+        str(tmp_path / "x.png"),
+        "--geodata",
+        str(tmp_path / "nope.geojson"),
+        check=False,
+    )
     assert out.returncode == 2 and "nope.geojson" in out.stderr and "Traceback" not in out.stderr

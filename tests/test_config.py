@@ -69,7 +69,9 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
 def test_project_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
     p = tmp_path / "sub" / "project.toml"
     p.parent.mkdir()
-    p.write_text('bounds = "area.geojson"\ngeodata = ["b.geojson", "parks:p.geojson", "socrata"]\nstore = "tiles"\n')
+    p.write_text(
+        'bounds = "area.geojson"\ngeodata = ["b.geojson", "parks:p.geojson", "socrata"]\nstore = "tiles"\n'
+    )
     cfg = load_project_config(p)
     assert cfg.bounds == str(p.parent / "area.geojson")
     assert cfg.geodata == [str(p.parent / "b.geojson"), f"parks:{p.parent / 'p.geojson'}", "socrata"]

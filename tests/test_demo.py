@@ -21,8 +21,14 @@ def test_demo_builds_the_default_map(tmp_path: Path) -> None:
     env = {**os.environ, "DAGSTER_DISABLE_TELEMETRY": "1"}
     env.pop("ISONYC_CONFIG", None)
     env.pop("DAGSTER_HOME", None)
-    out = subprocess.run([sys.executable, "-m", "isonyc_dagster.cli", "demo"], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=1500)
+    out = subprocess.run(
+        [sys.executable, "-m", "isonyc_dagster.cli", "demo"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "rendered 36/36, steps 16/16, generated 36/36" in out.stdout
     assert "isonyc serve" in out.stdout and "dagster dev" in out.stdout

@@ -16,13 +16,17 @@ from tests.test_cli import isonyc
 
 
 def test_seam_pilot_job_writes_the_report_and_seamless_tiles(tmp_path: Path) -> None:
-    cfg = ProjectConfig(store=str(tmp_path / "store"), cache_dir=str(tmp_path / "cache"),
-                        output_dir=str(tmp_path / "map"))
+    cfg = ProjectConfig(
+        store=str(tmp_path / "store"), cache_dir=str(tmp_path / "cache"), output_dir=str(tmp_path / "map")
+    )
     defs = build_definitions(cfg)
     out = tmp_path / "pilot"
     result = defs.resolve_job_def("seam_pilot_job").execute_in_process(
-        run_config={"ops": {"seam_pilot": {"config": {"x0": -25, "y0": 19, "w": 2, "h": 2, "k": 2,
-                                                      "out_dir": str(out)}}}},
+        run_config={
+            "ops": {
+                "seam_pilot": {"config": {"x0": -25, "y0": 19, "w": 2, "h": 2, "k": 2, "out_dir": str(out)}}
+            }
+        },
         instance=dg.DagsterInstance.ephemeral(),
     )
     assert result.success
@@ -38,8 +42,22 @@ def test_seam_pilot_job_writes_the_report_and_seamless_tiles(tmp_path: Path) -> 
 
 def test_pilot_cli_offline(tmp_path: Path) -> None:
     out = tmp_path / "p"
-    res = isonyc("pilot", "--x0", "-25", "--y0", "19", "--w", "2", "--h", "1", "--k", "1", "--out", str(out),
-                 cwd=tmp_path)
+    res = isonyc(
+        "pilot",
+        "--x0",
+        "-25",
+        "--y0",
+        "19",
+        "--w",
+        "2",
+        "--h",
+        "1",
+        "--k",
+        "1",
+        "--out",
+        str(out),
+        cwd=tmp_path,
+    )
     summary = json.loads(res.stdout)
     assert summary["backend"] == "pixelart" and summary["summary"]["tiles"] == 2
     assert sorted(p.name for p in (out / "tiles").iterdir()) == ["-24_19.png", "-25_19.png"]

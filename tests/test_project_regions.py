@@ -16,8 +16,9 @@ from tests.dagster_helpers import project_config
 
 
 @pytest.mark.parametrize("real", [False, True], ids=["synthetic", "midtown-east"])
-def test_region_renders_equal_whole_city_renders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, geometry,
-                                                  real: bool) -> None:
+def test_region_renders_equal_whole_city_renders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, geometry, real: bool
+) -> None:
     if real:
         src = geodata_file("midtown_east_buildings_doitt.geojson")
         loc = geometry.locate(40.7583, -73.9702)["quadrant"]
@@ -46,7 +47,9 @@ def test_large_presets_need_no_whole_city(tmp_path: Path, geometry) -> None:
     cfg = ProjectConfig(bounds="manhattan", store=str(tmp_path / "s"), cache_dir=str(tmp_path / "c"))
     p = Project(cfg)
     assert not p.whole_city
-    assert ground_window(geometry, quadrants_for_bounds(geometry, preset_polygon("manhattan")).bbox).area > 100e6
+    assert (
+        ground_window(geometry, quadrants_for_bounds(geometry, preset_polygon("manhattan")).bbox).area > 100e6
+    )
     x, y = geometry.locate(40.7484, -73.9857)["quadrant"].values()  # the Empire State Building's quadrant
     res = p.renderer_at(x, y).render_quadrant(x, y)
     assert res.stats["buildings_drawn"] > 5 and p.region_city(*p.region_of(x, y)).synthetic

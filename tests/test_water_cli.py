@@ -38,7 +38,9 @@ def test_fill_and_replace_color(tmp_path: Path) -> None:
     mask[:, 300:] = 255
     store.put_tile("water_mask", 1, 0, _png(mask), {})
 
-    out = json.loads(isonyc("--config", str(cfg), "water", "replace-color", "0", "0", "--target", "#4C6876").stdout)
+    out = json.loads(
+        isonyc("--config", str(cfg), "water", "replace-color", "0", "0", "--target", "#4C6876").stdout
+    )
     assert out["repaired"][0]["version"] == 2 and out["repaired"][0]["pixels_changed"] == 512 * 200
     fixed = _rgb(store.get_tile("generation", 0, 0))
     assert (fixed[:, :200] == WATER_RGB).all() and (fixed[:, 200:] == (120, 110, 90)).all()

@@ -59,7 +59,8 @@ def test_scheduler_fills_12x12_in_seam_free_order_and_survives_restart(tmp_path:
         assert second.failed == 0 and first.failed == 0
 
         run_start = {
-            r.dagster_run.run_id: r.start_time for r in instance.get_run_records(dg.RunsFilter(), limit=10_000)
+            r.dagster_run.run_id: r.start_time
+            for r in instance.get_run_records(dg.RunsFilter(), limit=10_000)
         }
         mats = {name: _materializations(instance, name) for name in STEP_ASSETS.values()}
         violations = []
@@ -112,18 +113,24 @@ def test_regenerating_a_block_marks_exactly_its_dependants_stale(tmp_path: Path)
         old = {q: project.store.active("generation", *q).sha256 for q in block.quadrants}
         # Another texture seed of the offline backend: a genuinely different image for this block.
         regen = build_definitions(cfg, generator=GeneratorResource(settings_json='{"params": {"seed": 7}}'))
-        assert regen.resolve_job_def("blocks_job").execute_in_process(instance=instance, partition_key="1|1").success
+        assert (
+            regen.resolve_job_def("blocks_job")
+            .execute_in_process(instance=instance, partition_key="1|1")
+            .success
+        )
         new = {q: project.store.active("generation", *q) for q in block.quadrants}
         assert all(new[q].sha256 != old[q] and new[q].version == 2 for q in block.quadrants)
 
         resolver = get_stale_status_resolver(instance, assets)
         stale_steps = {
-            s.key for s in project.plan.steps
+            s.key
+            for s in project.plan.steps
             if resolver.get_status(dg.AssetKey(STEP_ASSETS[s.kind]), key2(*s.cell)) == StaleStatus.STALE
         }
         assert stale_steps == {s.key for s in project.plan.dependants(block)}
         stale_quadrants = {
-            q for q in project.quadrants.keys
+            q
+            for q in project.quadrants.keys
             if resolver.get_status(dg.AssetKey("generation"), key2(*q)) == StaleStatus.STALE
         }
         assert stale_quadrants == set(block.quadrants)

@@ -33,8 +33,9 @@ def _free_port() -> int:
 
 
 def _post(url: str, query: str) -> dict:
-    req = urllib.request.Request(url, data=json.dumps({"query": query}).encode(),
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url, data=json.dumps({"query": query}).encode(), headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(req, timeout=30) as r:
         return json.loads(r.read())
 
@@ -45,8 +46,21 @@ def test_webserver_shows_the_pipeline(tmp_path: Path) -> None:
     env.pop("ISONYC_CONFIG", None)
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dagster_webserver", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "dagster_webserver",
+            "-w",
+            "workspace.yaml",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         base = f"http://127.0.0.1:{port}"
@@ -62,8 +76,18 @@ def test_webserver_shows_the_pipeline(tmp_path: Path) -> None:
             time.sleep(1)
         assert data and data["assetNodes"], "webserver did not come up with the code location"
         nodes = {"/".join(n["assetKey"]["path"]): n for n in data["assetNodes"]}
-        assert set(nodes) >= {"geodata", "render", "blocks", "bridges_v", "bridges_h", "corners", "generation",
-                              "water_mask", "dzi_pyramid", "pmtiles_archive"}
+        assert set(nodes) >= {
+            "geodata",
+            "render",
+            "blocks",
+            "bridges_v",
+            "bridges_h",
+            "corners",
+            "generation",
+            "water_mask",
+            "dzi_pyramid",
+            "pmtiles_archive",
+        }
         dims = [d["name"] for d in nodes["render"]["partitionDefinition"]["dimensionTypes"]]
         assert dims == ["x", "y"]
         deps = {"/".join(d["path"]) for d in nodes["corners"]["dependencyKeys"]}

@@ -60,6 +60,8 @@ def run_demo(out_dir: Path | None = None, config_path: str | None = None, port: 
     bin_dir = Path(sys.executable).parent
     echo(f"  Map:        {bin_dir / 'isonyc'} serve {out} --port {port}   then open http://127.0.0.1:{port}/")
     env = f"DAGSTER_HOME={home}" + (f" {CONFIG_ENV}={Path(config_path).resolve()}" if config_path else "")
-    echo(f"  Dagster UI: cd {Path.cwd()} && {env} {bin_dir / 'dagster'} dev -m isonyc_dagster.defs.definitions")
+    echo(
+        f"  Dagster UI: cd {Path.cwd()} && {env} {bin_dir / 'dagster'} dev -m isonyc_dagster.defs.definitions"
+    )
     echo(f"              then open {config.dagster_url} (runs, lineage, previews and checks of this demo)")
     return 0

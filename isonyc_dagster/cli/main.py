@@ -8,7 +8,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from isonyc_dagster.geo.config import ConfigError, ProjectConfig, load_project_config
+from isonyc_dagster.errors import IsonycError
+from isonyc_dagster.geo.config import ProjectConfig, load_project_config
 
 
 def _project_config(args: argparse.Namespace) -> ProjectConfig:
@@ -199,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
+    except (IsonycError, ValueError, FileNotFoundError) as e:  # one clear line, no traceback
         print(f"isonyc {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from isonyc_dagster.cli.pilot import run_project_pilot
 from isonyc_dagster.defs.resources import GeneratorResource, ProjectResource
+from isonyc_dagster.project import run_project_pilot
 
 
 class PilotConfig(dg.Config):

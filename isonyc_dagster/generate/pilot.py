@@ -118,7 +118,9 @@ class _Renders:
         return _Render(arr, self._aux(x, y) if self._aux is not None else {})
 
 
-def _check_args(neighbour_mode: str, w: int, h: int, k: int, overlap_px: int, out: Path, overwrite: bool) -> None:
+def _check_args(
+    neighbour_mode: str, w: int, h: int, k: int, overlap_px: int, out: Path, overwrite: bool
+) -> None:
     if neighbour_mode != "left+top":
         raise ValueError(
             f"neighbour_mode {neighbour_mode!r} is not supported; the pilot runs 'left+top' (raster order)"
@@ -170,7 +172,9 @@ def _tile_entry(out: Path, step: Step, result: StepResult, threshold: float) -> 
     }
 
 
-def _finish(out: Path, report: dict[str, Any], accepted: dict[tuple[int, int], np.ndarray], started: float) -> None:
+def _finish(
+    out: Path, report: dict[str, Any], accepted: dict[tuple[int, int], np.ndarray], started: float
+) -> None:
     """The mosaic, the seam heatmap and the summary of a completed pilot."""
     x0, y0, w, h, T = report["x0"], report["y0"], report["w"], report["h"], report["tile_px"]
     mosaic = np.zeros((h * T, w * T, 3), np.uint8)

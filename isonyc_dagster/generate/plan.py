@@ -28,6 +28,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cached_property
+from typing import Any, cast
 
 from isonyc_dagster.errors import IsonycError
 from isonyc_dagster.geo.boxes import PixelBox
@@ -336,18 +337,30 @@ def check_step_legal(plan: LatticePlan, step: Step) -> list[str]:
        the template edge where generated pixels lie beyond it. (Edges to later steps are checked from
        the later step; diagonal point contacts are not edges.)
     """
-    q = plan.quadrant_px
-    problems: list[str] = []
+    problems = [
+        *_check_shape(plan, step),
+        *_check_window(plan, step),
+        *_check_context(plan, step),
+        *_check_seams(plan, step),
+    ]
+    return [f"{step.key}: {msg}" for msg in problems]
 
-    def bad(msg: str) -> None:
-        problems.append(f"{step.key}: {msg}")
 
-    # 1. shape
+def _footprint(plan: LatticePlan, step: Step) -> tuple[int, int, int, int, list[Quadrant]]:
+    """(fx, fy, w, h, quadrants) of the step's lattice footprint, from its kind and cell alone."""
     kind, (bx, by) = step.kind, step.cell
     ox, oy = plan.origin
     fx, fy = ox + 3 * bx + kind.offset[0], oy + 3 * by + kind.offset[1]
     w, h = kind.shape
-    footprint = [(fx + i, fy + j) for j in range(h) for i in range(w)]
+    return fx, fy, w, h, [(fx + i, fy + j) for j in range(h) for i in range(w)]
+
+
+def _check_shape(plan: LatticePlan, step: Step) -> list[str]:
+    """Rule 1."""
+    q = plan.quadrant_px
+    problems: list[str] = []
+    bad = problems.append
+    _, _, _, _, footprint = _footprint(plan, step)
     if list(step.footprint) != footprint:
         bad(f"footprint {step.footprint} is not the lattice's {footprint}")
     if not step.quadrants:
@@ -364,8 +377,15 @@ def check_step_legal(plan: LatticePlan, step: Step) -> list[str]:
             bad(f"in-bounds footprint quadrant {qd} is not kept: the infill would overwrite it")
     if step.quadrant_px != q:
         bad(f"quadrant_px {step.quadrant_px} differs from the plan's {q}")
+    return problems
 
-    # 2. window and infill
+
+def _check_window(plan: LatticePlan, step: Step) -> list[str]:
+    """Rule 2."""
+    q = plan.quadrant_px
+    problems: list[str] = []
+    bad = problems.append
+    fx, fy, w, h, _ = _footprint(plan, step)
     wx0, wy0 = step.window
     win = step.window_box
     if wx0 % (q // 2) or wy0 % (q // 2):
@@ -375,10 +395,17 @@ def check_step_legal(plan: LatticePlan, step: Step) -> list[str]:
         bad(f"infill {step.infill_world} (world px) is not the footprint {foot_box}")
     if not _inside(step.infill_world, win):
         bad(f"infill {step.infill} leaves the {step.window_px}² window")
-    if kind is StepKind.BLOCK and step.infill != (0, 0, 2 * q, 2 * q):
+    if step.kind is StepKind.BLOCK and step.infill != (0, 0, 2 * q, 2 * q):
         bad(f"a 2×2 block must fill the whole window, infill is {step.infill}")
+    return problems
 
-    # 3. context = exactly the earlier in-bounds quadrants in the window
+
+def _check_context(plan: LatticePlan, step: Step) -> list[str]:
+    """Rule 3: context = exactly the earlier in-bounds quadrants in the window."""
+    q = plan.quadrant_px
+    problems: list[str] = []
+    bad = problems.append
+    win = step.window_box
     expected: list[Quadrant] = []
     for qd in quadrants_overlapping(win, q):
         if qd in step.quadrants or qd not in plan.quadrants:
@@ -397,10 +424,17 @@ def check_step_legal(plan: LatticePlan, step: Step) -> list[str]:
         missing = sorted(set(expected) - set(step.context), key=_rowmajor)
         extra = sorted(set(step.context) - set(expected), key=_rowmajor)
         bad(f"context is wrong: missing {missing}, not in window or not earlier {extra}")
-    if kind is StepKind.BLOCK and step.context:
+    if step.kind is StepKind.BLOCK and step.context:
         bad(f"a 2×2 block must have no generated neighbours, has context {list(step.context)}")
+    return problems
 
-    # 4. seams
+
+def _check_seams(plan: LatticePlan, step: Step) -> list[str]:
+    """Rule 4."""
+    q = plan.quadrant_px
+    problems: list[str] = []
+    bad = problems.append
+    win = step.window_box
     for own in step.quadrants:
         for d in _DIRS:
             nb = (own[0] + d[0], own[1] + d[1])
@@ -433,7 +467,6 @@ def check_step_legal(plan: LatticePlan, step: Step) -> list[str]:
     return problems
 
 
-# --- internals ------------------------------------------------------------------------------------
 def raster_steps(x0: int, y0: int, w: int, h: int, *, quadrant_px: int = 512) -> list[Step]:
     """The original's raster order over quadrants x0..x0+w-1 × y0..y0+h-1, as 1×1 steps (the seam pilot).
 
@@ -450,11 +483,21 @@ def raster_steps(x0: int, y0: int, w: int, h: int, *, quadrant_px: int = 512) ->
             context = tuple(nb for nb in ((x - 1, y - 1), (x, y - 1), (x - 1, y)) if nb in patch)
             window = ((x - 1) * q, (y - 1) * q)
             steps.append(
-                Step(StepKind.CORNER, (x, y), ((x, y),), context, window, PixelBox(q, q, 2 * q, 2 * q), ((x, y),), q)
+                Step(
+                    StepKind.CORNER,
+                    (x, y),
+                    ((x, y),),
+                    context,
+                    window,
+                    PixelBox(q, q, 2 * q, 2 * q),
+                    ((x, y),),
+                    q,
+                )
             )
     return steps
 
 
+# --- internals ------------------------------------------------------------------------------------
 def _kind(kind: StepKind | str) -> StepKind:
     try:
         return StepKind(kind)
@@ -468,7 +511,7 @@ def _rowmajor(qd: Quadrant) -> tuple[int, int]:
 
 def _check_quadrant(qd: object, what: str = "quadrant") -> Quadrant:
     try:
-        x, y = qd  # type: ignore[misc]
+        x, y = cast("tuple[Any, Any]", qd)  # any pair-like object; checked below
         if isinstance(x, bool) or isinstance(y, bool):
             raise TypeError
         # operator.index accepts Python and numpy integers and rejects floats and strings.

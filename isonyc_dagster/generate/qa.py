@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from isonyc_dagster.generate.plan import LatticePlan
-from isonyc_dagster.generate.seams import seam_score
+from isonyc_dagster.generate.seams import Edge, seam_score
 from isonyc_dagster.generate.step import StepInputs
 from isonyc_dagster.generate.template import red_mask
 
@@ -72,7 +72,9 @@ def assess(rgb: np.ndarray) -> QuadrantQA:
     return QuadrantQA(red_px=red_pixels(rgb), std=float(rgb[..., :3].std()), sky_fraction=sky_fraction(rgb))
 
 
-def assess_quadrant(inputs: StepInputs, plan: LatticePlan, bounds: Container[tuple[int, int]], x: int, y: int) -> QuadrantQA:
+def assess_quadrant(
+    inputs: StepInputs, plan: LatticePlan, bounds: Container[tuple[int, int]], x: int, y: int
+) -> QuadrantQA:
     """QA of generated quadrant (x, y), with a seam score for every edge it shares with a generated quadrant of
     another step inside ``bounds``, measured only where the render continues across the edge."""
     rgb = inputs.generated_rgb(x, y)
@@ -87,6 +89,6 @@ def assess_quadrant(inputs: StepInputs, plan: LatticePlan, bounds: Container[tup
         first, second = (nb, (x, y)) if name in ("left", "top") else ((x, y), nb)
         a, b = inputs.generated_rgb(*first), inputs.generated_rgb(*second)
         assert a is not None and b is not None
-        edge = "lr" if name in ("left", "right") else "tb"
+        edge: Edge = "lr" if name in ("left", "right") else "tb"
         qa.seams[name] = float(seam_score(a, b, edge, mask=inputs.edge_mask(first, second)))
     return qa

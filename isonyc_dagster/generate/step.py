@@ -17,7 +17,7 @@ from isonyc_dagster import layers
 from isonyc_dagster.backends.base import GenerationRequest, ImageBackend
 from isonyc_dagster.generate.candidates import CandidateSet, generate_candidates
 from isonyc_dagster.generate.plan import Quadrant, Step
-from isonyc_dagster.generate.seams import EdgeKey, continuity_mask
+from isonyc_dagster.generate.seams import Edge, EdgeKey, continuity_mask
 from isonyc_dagster.generate.template import Template, build_template, extract_quadrants
 from isonyc_dagster.images import decode_rgb, png_bytes
 from isonyc_dagster.render import RenderResult
@@ -98,7 +98,7 @@ class StepInputs:
         a, b = self.render_aux(*first), self.render_aux(*second)
         if not all(k in d for d in (a, b) for k in ("surface", "building")):
             return None
-        edge = "lr" if second[0] != first[0] else "tb"
+        edge: Edge = "lr" if second[0] != first[0] else "tb"
         return continuity_mask(a["surface"], a["building"], b["surface"], b["building"], edge, depth)
 
     def continuity_masks(
@@ -257,7 +257,9 @@ def _committed(
     if len(versions) != len(step.quadrants):
         return None
     provs = [v.provenance for v in versions.values()]
-    if any(p.get("template_sha256") != template_sha or p.get("generator_key") != generator_key for p in provs):
+    if any(
+        p.get("template_sha256") != template_sha or p.get("generator_key") != generator_key for p in provs
+    ):
         return None
     prov = provs[0]
     return StepResult(

@@ -239,7 +239,9 @@ def extract_quadrants(
     return result
 
 
-def draw_red_border(img: np.ndarray, box: PixelBox | tuple[int, int, int, int], width: int = BORDER_PX) -> None:
+def draw_red_border(
+    img: np.ndarray, box: PixelBox | tuple[int, int, int, int], width: int = BORDER_PX
+) -> None:
     """The template contract's outline: ``width`` px of pure #FF0000 *inside* ``box`` (in place)."""
     x0, y0, x1, y1 = box
     img[y0 : y0 + width, x0:x1] = BORDER_RGB

@@ -62,7 +62,9 @@ def store_water_mask(
     """Classify quadrant (x, y), compute its seamless mask from its and its neighbours' render buffers, and
     store the mask (``water_mask`` layer) and the class (the quadrant's ``water`` flag)."""
     margin = seamless_margin(falloff_px)
-    surface = surface_with_margin(lambda a, b: render_aux(a, b)["surface"], x, y, margin, quadrant_px=quadrant_px)
+    surface = surface_with_margin(
+        lambda a, b: render_aux(a, b)["surface"], x, y, margin, quadrant_px=quadrant_px
+    )
     kind = classify_water(render_aux(x, y)["surface"])
     mask = water_mask(surface, falloff_px, margin_px=margin)
     png = png_bytes(mask, compress_level=MASK_PNG_LEVEL)

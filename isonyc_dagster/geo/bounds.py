@@ -152,8 +152,7 @@ def quadrants_for_bounds(geometry: MapGeometry, polygon_lnglat: BaseGeometry) ->
     minx, miny, maxx, maxy = poly.bounds
     xs = np.arange(int(np.floor(minx / q)), int(np.ceil(maxx / q)))
     ys = np.arange(int(np.floor(miny / q)), int(np.ceil(maxy / q)))
-    gx, gy = np.meshgrid(xs, ys)
-    gx, gy = gx.ravel(), gy.ravel()
+    gx, gy = (a.ravel() for a in np.meshgrid(xs, ys))
     # Boxes shrunk by 1/100 px (3 mm): a box that only touches the polygon along an edge or at a point does not
     # count. The margin also absorbs the sub-millimetre curvature of straight lng/lat edges in the projection.
     eps = 1e-2

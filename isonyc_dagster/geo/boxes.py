@@ -30,7 +30,7 @@ class QuadRect(NamedTuple):
     def area(self) -> int:
         return self.width * self.height
 
-    def __contains__(self, key: object) -> bool:  # type: ignore[override]
+    def __contains__(self, key: object) -> bool:
         if not (isinstance(key, tuple) and len(key) == 2):
             return False
         x, y = key

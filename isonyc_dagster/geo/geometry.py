@@ -157,8 +157,8 @@ class MapGeometry:
 
     def locate(self, lat: float, lng: float, h: float = 0.0) -> dict:
         """Which quadrant and pixel show the point (lat, lng) at height h."""
-        px, py = self.lnglat_to_pixel(lng, lat, h)
-        px, py = float(px), float(py)
+        px_arr, py_arr = self.lnglat_to_pixel(lng, lat, h)
+        px, py = float(px_arr), float(py_arr)
         qx, qy = (int(v) for v in self.quadrant_of_pixel(px, py))
         return {
             "lat": lat,

@@ -54,6 +54,7 @@ def classes_from_rgb(rgb: np.ndarray) -> np.ndarray:
             out[key == ((r << 16) | (g << 8) | b)] = int(s)
     return out
 
+
 #: The template contract's outline: pure red, drawn this many pixels wide *inside* the infill rectangle.
 BORDER_RGB = (255, 0, 0)
 BORDER_PX = 2

@@ -50,7 +50,9 @@ def build_export_assets() -> list[dg.AssetsDefinition]:
             }
         )
 
-    @dg.asset(name=layers.PMTILES_ARCHIVE, deps=[layers.DZI_PYRAMID], group_name="export", compute_kind="pmtiles")
+    @dg.asset(
+        name=layers.PMTILES_ARCHIVE, deps=[layers.DZI_PYRAMID], group_name="export", compute_kind="pmtiles"
+    )
     def pmtiles_archive(project: ProjectResource) -> dg.MaterializeResult:
         """The same lossless tiles as one PMTiles file, for single-file hosting."""
         p = project.get()

@@ -28,6 +28,7 @@ from isonyc_dagster.geo.geometry import MapGeometry
 
 if TYPE_CHECKING:
     from isonyc_dagster.backends.base import ImageBackend
+    from isonyc_dagster.generate.pilot import PilotPatch
     from isonyc_dagster.generate.plan import LatticePlan
     from isonyc_dagster.generate.step import StepInputs
     from isonyc_dagster.geodata.model import City
@@ -247,14 +248,9 @@ def _mtime(p: str) -> float | None:
 def run_project_pilot(
     config: ProjectConfig,
     backend: ImageBackend,
-    *,
-    x0: int,
-    y0: int,
-    w: int,
-    h: int,
-    k: int,
-    overlap_px: int,
+    patch: PilotPatch,
     out_dir: str | Path,
+    *,
     geodata: Sequence[str] | None = None,
     overwrite: bool = False,
 ) -> dict[str, Any]:
@@ -265,7 +261,7 @@ def run_project_pilot(
 
     geometry = MapGeometry(config.map)
     sources = list(geodata) if geodata is not None else config.geodata
-    bbox = QuadRect(x0 - 1, y0 - 1, x0 + w - 1, y0 + h - 1)
+    bbox = QuadRect(patch.x0 - 1, patch.y0 - 1, patch.x0 + patch.w - 1, patch.y0 + patch.h - 1)
     renderer = Renderer(load_city(geometry, sources, window=ground_window(geometry, bbox)), geometry)
     renders: dict[tuple[int, int], RenderResult] = {}
 
@@ -275,12 +271,7 @@ def run_project_pilot(
         return renders[(x, y)]
 
     return run_pilot(
-        x0,
-        y0,
-        w,
-        h,
-        k,
-        overlap_px,
+        *(patch.x0, patch.y0, patch.w, patch.h, patch.k, patch.overlap_px),
         out_dir,
         backend,
         lambda x, y: render(x, y).rgb,

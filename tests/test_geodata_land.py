@@ -6,7 +6,7 @@ import pytest
 import shapely
 from shapely.geometry import Point
 
-from isonyc_dagster.geodata._common import GeodataError
+from isonyc_dagster.geodata import GeodataError
 from isonyc_dagster.geodata.land import land_polygon, water_polygon
 from isonyc_dagster.geodata.vector import read_vector
 from tests.conftest import geodata_file

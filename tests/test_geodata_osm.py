@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import shapely
 
-from isonyc_dagster.geodata._common import GeodataError
+from isonyc_dagster.geodata import GeodataError
 from isonyc_dagster.geodata.load import load_city
 from isonyc_dagster.geodata.model import DEFAULT_UNKNOWN_HEIGHT_M
 from isonyc_dagster.geodata.osm import read_osm

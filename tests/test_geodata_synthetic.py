@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import shapely
 
-from isonyc_dagster.geodata._common import GeodataError
+from isonyc_dagster.geodata import GeodataError
 from isonyc_dagster.geodata.land import land_polygon
 from isonyc_dagster.geodata.synthetic import (
     AVENUE_SPACING_M,

@@ -15,7 +15,8 @@ import shapely.affinity
 from pyproj import Geod, Transformer
 from shapely.geometry import Polygon, box, shape
 
-from isonyc_dagster.geodata._common import GeodataError, parse_length
+from isonyc_dagster.geodata import GeodataError
+from isonyc_dagster.geodata._common import parse_length  # white-box test of the unit parser
 from isonyc_dagster.geodata.model import DEFAULT_UNKNOWN_HEIGHT_M
 from isonyc_dagster.geodata.vector import read_vector
 from tests.conftest import geodata_file

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from isonyc_dagster.generate.pilot import PilotPatch
 from isonyc_dagster.geo.config import ProjectConfig
 from isonyc_dagster.project import run_project_pilot
 
@@ -15,18 +16,8 @@ def run_pilot_cli(args: argparse.Namespace, config: ProjectConfig) -> int:
     name = "pixelart" if args.backend == "local" else args.backend
     backend = generator_resource(name, resolve_env=True).build(config.map)
     try:
-        report = run_project_pilot(
-            config,
-            backend,
-            x0=args.x0,
-            y0=args.y0,
-            w=args.w,
-            h=args.h,
-            k=args.k,
-            overlap_px=args.overlap_px,
-            out_dir=args.out,
-            geodata=args.geodata,
-        )
+        patch = PilotPatch(args.x0, args.y0, args.w, args.h, args.k, args.overlap_px)
+        report = run_project_pilot(config, backend, patch, args.out, geodata=args.geodata)
     finally:
         backend.close()
     print(json.dumps({k: v for k, v in report.items() if k != "tiles"}, indent=2, default=str))

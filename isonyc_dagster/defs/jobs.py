@@ -5,6 +5,7 @@ from pathlib import Path
 import dagster as dg
 
 from isonyc_dagster.defs.resources import GeneratorResource, ProjectResource
+from isonyc_dagster.generate.pilot import PilotPatch
 from isonyc_dagster.project import run_project_pilot
 
 
@@ -28,23 +29,11 @@ def seam_pilot(
     generator: GeneratorResource,
 ) -> dg.Output[str]:
     p = project.get()
-    out = Path(
-        config.out_dir or Path(p.config.output_dir) / f"pilot_{config.x0}_{config.y0}_{config.w}x{config.h}"
-    )
+    patch = PilotPatch(config.x0, config.y0, config.w, config.h, config.k, config.overlap_px)
+    out = Path(config.out_dir or Path(p.config.output_dir) / patch.name)
     backend = generator.build(p.config.map)
     try:
-        report = run_project_pilot(
-            p.config,
-            backend,
-            x0=config.x0,
-            y0=config.y0,
-            w=config.w,
-            h=config.h,
-            k=config.k,
-            overlap_px=config.overlap_px,
-            out_dir=out,
-            overwrite=True,
-        )
+        report = run_project_pilot(p.config, backend, patch, out, overwrite=True)
     finally:
         backend.close()
     summary = report["summary"]

@@ -84,7 +84,7 @@ def _multi(
 
 
 class LatticeMappings:
-    """The partition mappings that encode which neighbours each step needs (DESIGN.md §3)."""
+    """The partition mappings that encode which neighbours each step needs (docs/ARCHITECTURE.md §4)."""
 
     def __init__(self, plan: LatticePlan, quadrants: QuadrantSet) -> None:
         self.plan = plan

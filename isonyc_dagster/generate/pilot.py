@@ -46,6 +46,23 @@ from isonyc_dagster.images import png_bytes
 REPORT_VERSION = 1
 
 
+@dataclass(frozen=True)
+class PilotPatch:
+    """The pilot's patch: quadrants x0..x0+w-1 × y0..y0+h-1, K candidates per tile, the seam band width."""
+
+    x0: int
+    y0: int
+    w: int = 3
+    h: int = 3
+    k: int = 3
+    overlap_px: int = 8
+
+    @property
+    def name(self) -> str:
+        """A directory name for the patch's outputs."""
+        return f"pilot_{self.x0}_{self.y0}_{self.w}x{self.h}"
+
+
 def _score_color(score: float, threshold: float) -> tuple[int, int, int]:
     """Green (0) → yellow (threshold) → red (≥ 2 × threshold)."""
     t = min(1.0, max(0.0, score / (2 * threshold))) if threshold > 0 else 1.0

@@ -355,56 +355,48 @@ def _footprint(plan: LatticePlan, step: Step) -> tuple[int, int, int, int, list[
     return fx, fy, w, h, [(fx + i, fy + j) for j in range(h) for i in range(w)]
 
 
-def _check_shape(plan: LatticePlan, step: Step) -> list[str]:
+def _check_shape(plan: LatticePlan, step: Step) -> Iterator[str]:
     """Rule 1."""
     q = plan.quadrant_px
-    problems: list[str] = []
-    bad = problems.append
     _, _, _, _, footprint = _footprint(plan, step)
     if list(step.footprint) != footprint:
-        bad(f"footprint {step.footprint} is not the lattice's {footprint}")
+        yield f"footprint {step.footprint} is not the lattice's {footprint}"
     if not step.quadrants:
-        bad("keeps no quadrant")
+        yield "keeps no quadrant"
     for qd in step.quadrants:
         if qd not in footprint:
-            bad(f"quadrant {qd} is outside its footprint")
+            yield f"quadrant {qd} is outside its footprint"
         if qd not in plan.quadrants:
-            bad(f"quadrant {qd} is outside the bounds")
+            yield f"quadrant {qd} is outside the bounds"
         elif (owner := plan._by_quadrant.get(qd)) is not None and owner.key != step.key:
-            bad(f"quadrant {qd} belongs to {owner.key}")
+            yield f"quadrant {qd} belongs to {owner.key}"
     for qd in footprint:
         if qd in plan.quadrants and qd not in step.quadrants:
-            bad(f"in-bounds footprint quadrant {qd} is not kept: the infill would overwrite it")
+            yield f"in-bounds footprint quadrant {qd} is not kept: the infill would overwrite it"
     if step.quadrant_px != q:
-        bad(f"quadrant_px {step.quadrant_px} differs from the plan's {q}")
-    return problems
+        yield f"quadrant_px {step.quadrant_px} differs from the plan's {q}"
 
 
-def _check_window(plan: LatticePlan, step: Step) -> list[str]:
+def _check_window(plan: LatticePlan, step: Step) -> Iterator[str]:
     """Rule 2."""
     q = plan.quadrant_px
-    problems: list[str] = []
-    bad = problems.append
     fx, fy, w, h, _ = _footprint(plan, step)
     wx0, wy0 = step.window
     win = step.window_box
     if wx0 % (q // 2) or wy0 % (q // 2):
-        bad(f"window origin {step.window} is not on the half-quadrant grid")
+        yield f"window origin {step.window} is not on the half-quadrant grid"
     foot_box = (fx * q, fy * q, (fx + w) * q, (fy + h) * q)
     if step.infill_world != foot_box:
-        bad(f"infill {step.infill_world} (world px) is not the footprint {foot_box}")
+        yield f"infill {step.infill_world} (world px) is not the footprint {foot_box}"
     if not _inside(step.infill_world, win):
-        bad(f"infill {step.infill} leaves the {step.window_px}² window")
+        yield f"infill {step.infill} leaves the {step.window_px}² window"
     if step.kind is StepKind.BLOCK and step.infill != (0, 0, 2 * q, 2 * q):
-        bad(f"a 2×2 block must fill the whole window, infill is {step.infill}")
-    return problems
+        yield f"a 2×2 block must fill the whole window, infill is {step.infill}"
 
 
-def _check_context(plan: LatticePlan, step: Step) -> list[str]:
+def _check_context(plan: LatticePlan, step: Step) -> Iterator[str]:
     """Rule 3: context = exactly the earlier in-bounds quadrants in the window."""
     q = plan.quadrant_px
-    problems: list[str] = []
-    bad = problems.append
     win = step.window_box
     expected: list[Quadrant] = []
     for qd in quadrants_overlapping(win, q):
@@ -414,7 +406,7 @@ def _check_context(plan: LatticePlan, step: Step) -> list[str]:
         if other is None:
             continue
         if other.wave >= step.wave:
-            bad(
+            yield (
                 f"window holds quadrant {qd} of {other.key} (wave {other.wave}), which is not finished before "
                 f"this wave-{step.wave} step: the template would show its render, not its pixels"
             )
@@ -423,17 +415,14 @@ def _check_context(plan: LatticePlan, step: Step) -> list[str]:
     if set(step.context) != set(expected):
         missing = sorted(set(expected) - set(step.context), key=_rowmajor)
         extra = sorted(set(step.context) - set(expected), key=_rowmajor)
-        bad(f"context is wrong: missing {missing}, not in window or not earlier {extra}")
+        yield f"context is wrong: missing {missing}, not in window or not earlier {extra}"
     if step.kind is StepKind.BLOCK and step.context:
-        bad(f"a 2×2 block must have no generated neighbours, has context {list(step.context)}")
-    return problems
+        yield f"a 2×2 block must have no generated neighbours, has context {list(step.context)}"
 
 
-def _check_seams(plan: LatticePlan, step: Step) -> list[str]:
+def _check_seams(plan: LatticePlan, step: Step) -> Iterator[str]:
     """Rule 4."""
     q = plan.quadrant_px
-    problems: list[str] = []
-    bad = problems.append
     win = step.window_box
     for own in step.quadrants:
         for d in _DIRS:
@@ -442,7 +431,7 @@ def _check_seams(plan: LatticePlan, step: Step) -> list[str]:
             if other is None or other.key == step.key:
                 continue
             if other.wave == step.wave:
-                bad(
+                yield (
                     f"shares the {_SIDE[d]} edge of {own} with {other.key} of the same wave: neither sees the other"
                 )
             elif other.wave < step.wave:
@@ -456,15 +445,14 @@ def _check_seams(plan: LatticePlan, step: Step) -> list[str]:
                     (0, 1): step.infill_world[3] == win[3],
                 }[d]
                 if touching:
-                    bad(
+                    yield (
                         f"infill touches the template's {_SIDE[d]} edge at {own} while generated quadrant {nb} "
                         f"({other.key}) lies beyond it: that seam would be generated blind"
                     )
                 else:
-                    bad(
+                    yield (
                         f"less than {q // 2} px of generated quadrant {nb} ({other.key}) along the {_SIDE[d]} edge of {own} is in the window"
                     )
-    return problems
 
 
 def raster_steps(x0: int, y0: int, w: int, h: int, *, quadrant_px: int = 512) -> list[Step]:

@@ -45,13 +45,12 @@ from isonyc_dagster.backends.pixelart._noise import bayer, hash_u32
 from isonyc_dagster.backends.pixelart.style import MARGIN_PX, Camera, StyleParams, stylize
 from isonyc_dagster.geo.config import MapConfig
 from isonyc_dagster.geo.geometry import MapGeometry
-from isonyc_dagster.geo.surfaces import PALETTE, Surface
+from isonyc_dagster.geo.surfaces import BORDER_RGB, PALETTE, Surface
 from isonyc_dagster.images import png_bytes
 
 #: Bump when the look changes (palette, rules): it is part of ``model_id`` and of provenance.
 STYLE_VERSION = 1
 
-BORDER_RGB = (255, 0, 0)
 _MAX_SIDE = 8192
 
 __all__ = ["STYLE_VERSION", "PixelArtBackend", "StyleParams", "infer_buffers"]

@@ -1,6 +1,4 @@
-"""Dagster resources: the project (config → core objects) and the generation backend (model, settings, secrets).
-
-The generator resource: which image model generates steps, with its settings and secrets.
+"""Dagster resources: the project (config → core objects) and the generator (image model, settings, secrets).
 
 Secrets (API keys, tokens) are plain fields here so that ``Definitions`` can bind them to ``dg.EnvVar``s; Dagster
 resolves those at run time and never shows their values in the UI. They are passed to the backend's constructor
@@ -17,7 +15,7 @@ from typing import Any
 
 import dagster as dg
 
-from isonyc_dagster.backends.base import ImageBackend
+from isonyc_dagster.backends.base import BackendConfigError, ImageBackend
 from isonyc_dagster.geo.config import MapConfig, ProjectConfig
 from isonyc_dagster.project import Project
 
@@ -61,11 +59,13 @@ class GeneratorResource(dg.ConfigurableResource):
             settings.setdefault("map_config", map_config.model_dump(mode="json"))
         try:
             return make_backend(self.backend, **settings)
-        except ValueError as e:
+        except ValueError as e:  # BackendConfigError, or a settings value a client refuses
             env = BACKEND_ENV.get(self.backend, {})
             where = ", ".join(f"{field} from ${var}" for field, var in env.items())
             hint = f"set {where}; " if where else ""
-            raise ValueError(f"{e} ({hint}other settings as JSON in $ISONYC_BACKEND_SETTINGS)") from None
+            raise BackendConfigError(
+                f"{e} ({hint}other settings as JSON in $ISONYC_BACKEND_SETTINGS)"
+            ) from None
 
 
 #: Environment variables the remote backends' secrets and endpoints come from.

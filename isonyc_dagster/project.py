@@ -75,7 +75,7 @@ class Project:
 
     @cached_property
     def quadrants(self) -> QuadrantSet:
-        return quadrants_for_bounds(self.geometry, self.bounds_lnglat)
+        return quadrants_for_bounds(self.geometry, self.bounds_lnglat, force=self.config.force_bounds)
 
     @cached_property
     def plan(self) -> LatticePlan:

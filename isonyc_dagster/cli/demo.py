@@ -8,9 +8,14 @@ import time
 from pathlib import Path
 
 DAGSTER_YAML = """\
-# Written by `isonyc demo`: a local SQLite instance; telemetry off.
+# Written by `isonyc demo`: a local SQLite instance; telemetry off; runs that never start are failed.
 telemetry:
   enabled: false
+run_monitoring:
+  enabled: true
+  start_timeout_seconds: 180
+  cancel_timeout_seconds: 180
+  poll_interval_seconds: 30
 """
 
 
@@ -19,13 +24,22 @@ def ensure_dagster_home(default: Path) -> Path:
     home = Path(os.environ.get("DAGSTER_HOME") or default).resolve()
     home.mkdir(parents=True, exist_ok=True)
     cfg = home / "dagster.yaml"
-    if not cfg.exists():
+    # Ours (written by an older version) is brought up to date; a dagster.yaml written by a person is kept.
+    if not cfg.exists() or (
+        cfg.read_text().startswith("# Written by `isonyc demo`") and cfg.read_text() != DAGSTER_YAML
+    ):
         cfg.write_text(DAGSTER_YAML)
     os.environ["DAGSTER_HOME"] = str(home)
     return home
 
 
-def run_demo(out_dir: Path | None = None, config_path: str | None = None, port: int = 8000) -> int:
+def run_demo(
+    out_dir: Path | None = None,
+    config_path: str | None = None,
+    port: int = 8000,
+    *,
+    force_bounds: bool = False,
+) -> int:
     import dagster as dg
 
     from isonyc_dagster.defs.definitions import build_definitions
@@ -37,6 +51,8 @@ def run_demo(out_dir: Path | None = None, config_path: str | None = None, port: 
     config = load_project_config(config_path)
     if out_dir is not None:
         config = config.model_copy(update={"output_dir": str(out_dir)})
+    if force_bounds:
+        config = config.model_copy(update={"force_bounds": True})
     project = Project(config)
     home = ensure_dagster_home(Path("data/dagster_home"))
     echo = print
@@ -55,7 +71,12 @@ def run_demo(out_dir: Path | None = None, config_path: str | None = None, port: 
         print(f"isonyc demo: stopped before the map was complete: {report.summary}", file=sys.stderr)
         return 1
     out = Path(config.output_dir).resolve()
-    retried = f", {report.failed} failed and were retried" if report.failed else ""
+    # Complete means every quadrant and the map are current, so the work of each failed run was done again.
+    retried = (
+        f", {report.failed} failed ({', '.join(report.failed_labels[:5])}) and their work was redone"
+        if report.failed
+        else ""
+    )
     echo(f"\nDone in {dt:.0f}s: {report.runs} Dagster runs{retried}. {report.summary}.")
     bin_dir = Path(sys.executable).parent
     echo(f"  Map:        {bin_dir / 'isonyc'} serve {out} --port {port}   then open http://127.0.0.1:{port}/")

@@ -1,15 +1,23 @@
-"""The ``isonyc`` command line."""
+"""The ``isonyc`` command line.
+
+Every project error (``IsonycError``: config, bounds, geometry, store, ...) and every OSError ends a command with one
+line, ``isonyc <command>: error: <what and how to fix it>``, and exit code 2; ``--debug`` shows the traceback instead.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
+from isonyc_dagster.cli import store as store_cli
 from isonyc_dagster.errors import IsonycError
 from isonyc_dagster.geo.config import ProjectConfig, load_project_config
+from isonyc_dagster.publish.serve import DEFAULT_IDLE_TIMEOUT_S
 
 
 def _project_config(args: argparse.Namespace) -> ProjectConfig:
@@ -17,11 +25,37 @@ def _project_config(args: argparse.Namespace) -> ProjectConfig:
 
     from isonyc_dagster.project import CONFIG_ENV
 
-    return load_project_config(args.config or os.environ.get(CONFIG_ENV) or None)
+    config = load_project_config(args.config or os.environ.get(CONFIG_ENV) or None)
+    if getattr(args, "force", False):
+        config = config.model_copy(update={"force_bounds": True})
+    return config
 
 
 def _print_json(obj: object) -> None:
-    print(json.dumps(obj, indent=2))
+    # allow_nan=False: a NaN or Infinity would print as a token no JSON parser accepts; fail loudly instead.
+    print(json.dumps(obj, indent=2, allow_nan=False))
+
+
+def port_number(text: str) -> int:
+    """argparse type: a TCP port, 1–65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number; give 1-65535") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is out of range; give 1-65535")
+    return port
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type: a finite number of seconds > 0."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds > 0")
+    return v
 
 
 def cmd_locate(args: argparse.Namespace) -> int:
@@ -68,6 +102,8 @@ def cmd_render(args: argparse.Namespace) -> int:
     cfg = _project_config(args)
     geometry = MapGeometry(cfg.map)
     n = 2 if args.tile else 1
+    geometry.check_quadrant(args.x, args.y)
+    geometry.check_quadrant(args.x + n - 1, args.y + n - 1)
     bbox = (args.x, args.y, args.x + n - 1, args.y + n - 1)
     sources = args.geodata if args.geodata is not None else cfg.geodata
     city = load_city(geometry, sources, window=ground_window(geometry, bbox))
@@ -92,20 +128,30 @@ def cmd_render(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from isonyc_dagster.cli.demo import run_demo
 
-    return run_demo(out_dir=Path(args.out) if args.out else None, config_path=args.config, port=args.port)
+    return run_demo(
+        out_dir=Path(args.out) if args.out else None,
+        config_path=args.config,
+        port=args.port,
+        force_bounds=args.force,
+    )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from isonyc_dagster.publish.serve import serve
 
-    serve(Path(args.directory), host=args.host, port=args.port)
+    serve(Path(args.directory), host=args.host, port=args.port, idle_timeout_s=args.idle_timeout)
     return 0
 
 
 def cmd_pilot(args: argparse.Namespace) -> int:
     from isonyc_dagster.cli.pilot import run_pilot_cli
+    from isonyc_dagster.geo.geometry import MapGeometry
 
-    return run_pilot_cli(args, _project_config(args))
+    config = _project_config(args)
+    geometry = MapGeometry(config.map)
+    geometry.check_quadrant(args.x0, args.y0)
+    geometry.check_quadrant(args.x0 + max(args.w, 1) - 1, args.y0 + max(args.h, 1) - 1)
+    return run_pilot_cli(args, config)
 
 
 def cmd_water(args: argparse.Namespace) -> int:
@@ -119,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="isonyc", description="Isometric pixel-art NYC, orchestrated by Dagster."
     )
     p.add_argument("--config", help="project config (TOML/JSON); default $ISONYC_CONFIG or the embedded demo")
+    p.add_argument("--debug", action="store_true", help="on an error, show the traceback instead of one line")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("locate", help="which quadrant and pixel show a ground point (JSON)")
@@ -134,6 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("bounds", help="the quadrants of the configured bounds (JSON)")
     s.add_argument("--keys", action="store_true", help="list every quadrant key")
+    s.add_argument(
+        "--force",
+        action="store_true",
+        help="accept bounds that do not overlap the map's city (config: force_bounds = true)",
+    )
     s.set_defaults(func=cmd_bounds)
 
     s = sub.add_parser("render", help="render one quadrant (or a 2×2 tile) of the whitebox model to PNG")
@@ -153,13 +205,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--out", default=None, help="where the map (DZI + viewer) goes (default: the config's output_dir)"
     )
-    s.add_argument("--port", type=int, default=8000, help="port suggested for `isonyc serve`")
+    s.add_argument("--port", type=port_number, default=8000, help="port suggested for `isonyc serve`")
+    s.add_argument(
+        "--force",
+        action="store_true",
+        help="accept bounds that do not overlap the map's city (config: force_bounds = true)",
+    )
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("serve", help="serve a built map directory on 127.0.0.1")
     s.add_argument("directory")
     s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--port", type=port_number, default=8000, help="TCP port, 1-65535 (default 8000)")
+    s.add_argument(
+        "--idle-timeout",
+        type=positive_seconds,
+        default=DEFAULT_IDLE_TIMEOUT_S,
+        metavar="SECONDS",
+        help=f"close connections idle this long (default {DEFAULT_IDLE_TIMEOUT_S:g})",
+    )
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("pilot", help="seam pilot: K candidates per tile, scored against accepted neighbours")
@@ -192,7 +256,13 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--color", default="#4A6372")
     w.add_argument("--softness", type=float, default=30.0)
     w.set_defaults(func=cmd_water)
+    store_cli.add_parser(sub)
     return p
+
+
+def _one_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return "; ".join(lines) or type(e).__name__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -200,8 +270,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (IsonycError, ValueError, FileNotFoundError) as e:  # one clear line, no traceback
-        print(f"isonyc {args.command}: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        return 130
+    # Project errors and the OS's (missing files, permissions, ports) are the user's to fix: one line. ValueError
+    # stays for the standard library's own refusals of bad values. Anything else is a bug and keeps its traceback.
+    except (IsonycError, OSError, ValueError) as e:
+        sub = getattr(args, f"{args.command}_command", None)
+        prog = f"isonyc {args.command}" + (f" {sub}" if isinstance(sub, str) else "")
+        if args.debug:
+            traceback.print_exc()
+        else:
+            print(f"{prog}: error: {_one_line(e)}", file=sys.stderr)
         return 2
 
 

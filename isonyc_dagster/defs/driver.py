@@ -13,7 +13,15 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
-from isonyc_dagster.defs.sensors import ASSET_TAG, RANGE_END, RANGE_START, materialized, wave_run_requests
+from isonyc_dagster.defs.runs import process_tags
+from isonyc_dagster.defs.sensors import (
+    ASSET_TAG,
+    RANGE_END,
+    RANGE_START,
+    map_staleness,
+    materialized,
+    wave_run_requests,
+)
 from isonyc_dagster.generate.waves import complete
 from isonyc_dagster.project import Project
 
@@ -24,6 +32,7 @@ class DriveReport:
     failed: int = 0
     seconds: float = 0.0
     log: list[dict] = field(default_factory=list)  # one entry per run, in execution order
+    failed_labels: list[str] = field(default_factory=list)
     complete: bool = False
     summary: str = ""
 
@@ -58,8 +67,13 @@ def drive(
             if "gave up" in summary or idle_rounds * wait_s > 300:
                 break
             if complete(project.plan, project.quadrants.keys, materialized(instance)):
-                report.complete = True
-                break
+                stale = map_staleness(project)
+                if stale is None:
+                    report.complete = True
+                    break
+                report.summary = f"{summary}; the map is still stale: {stale}"
+            if echo and idle_rounds % 15 == 0:
+                echo(f"  waiting: {summary}")
             idle_rounds += 1
             time.sleep(wait_s)
             continue
@@ -71,7 +85,8 @@ def drive(
             result = job.execute_in_process(
                 instance=instance,
                 partition_key=req.partition_key,
-                tags=dict(req.tags or {}),
+                # The process executing the run: if it dies, the next evaluation marks the run failed.
+                tags=dict(req.tags or {}) | process_tags(),
                 raise_on_error=False,
                 # Dagster's per-event DEBUG lines would drown the progress lines; failures still print.
                 run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
@@ -80,6 +95,8 @@ def drive(
             report.runs += 1
             ok = result.success
             report.failed += 0 if ok else 1
+            if not ok:
+                report.failed_labels.append(label)
             report.log.append(
                 {
                     "run_id": result.run_id,

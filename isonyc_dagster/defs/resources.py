@@ -16,6 +16,7 @@ from typing import Any
 import dagster as dg
 
 from isonyc_dagster.backends.base import BackendConfigError, ImageBackend
+from isonyc_dagster.defs.runs import mark_run_process
 from isonyc_dagster.geo.config import MapConfig, ProjectConfig
 from isonyc_dagster.project import Project
 
@@ -116,6 +117,18 @@ class ProjectResource(dg.ConfigurableResource):
     @classmethod
     def for_config(cls, config: ProjectConfig) -> ProjectResource:
         return cls(config_json=config.model_dump_json())
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        # The run worker records its process, so a run whose process dies is found and failed (defs/runs.py).
+        if context.instance is not None and context.run is not None:
+            mark_run_process(context.instance, context.run)
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        # Fold the index's write-ahead log into the index at the end of every run: a lost -wal file can then
+        # lose at most the commits of one run (and the journal still holds those).
+        project = _CACHE.get(self.config_json)
+        if project is not None and "store" in project.__dict__:
+            project.store.checkpoint()
 
     def get(self) -> Project:
         """The core project; one per process and config, so the city and renderer load once per run."""

@@ -10,6 +10,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import dagster as dg
 
@@ -17,6 +18,7 @@ from isonyc_dagster import layers
 from isonyc_dagster.defs.assets.steps import STEP_ASSET_NAMES
 from isonyc_dagster.defs.partitions import key2, parse_key2
 from isonyc_dagster.defs.resources import ProjectResource
+from isonyc_dagster.defs.runs import DEAD_TAG, UNFINISHED, reap_dead_runs
 from isonyc_dagster.generate.plan import StepKind
 from isonyc_dagster.generate.waves import Progress, complete, ready, rect_keys, rectangles
 from isonyc_dagster.project import Project
@@ -53,13 +55,7 @@ def build_jobs() -> list:
     return jobs
 
 
-IN_FLIGHT = [
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-    dg.DagsterRunStatus.CANCELING,
-]
+IN_FLIGHT = UNFINISHED
 
 
 def _run_keys(tags: dict[str, str]) -> set[tuple[int, int]]:
@@ -112,6 +108,8 @@ def cooling_down(instance: dg.DagsterInstance, now: float | None = None) -> tupl
     )
     for rec in records:
         tags = rec.dagster_run.tags
+        if DEAD_TAG in tags:  # its process died: the work did not fail and is requested again at once
+            continue
         ended = rec.end_time or rec.create_timestamp.timestamp()
         for k in _run_keys(tags):
             failures[(tags.get(ASSET_TAG, ""), k)] += 1
@@ -159,6 +157,7 @@ def _request(asset: str) -> dg.RunRequest:
 
 def wave_run_requests(project: Project, instance: dg.DagsterInstance) -> tuple[list[dg.RunRequest], str]:
     """The runs to start now (at most ``max_runs_in_flight`` in flight), and a one-line summary of the state."""
+    reaped = reap_dead_runs(instance, {SCHEDULER_TAG: "wave"})
     running = _scheduler_runs(instance, IN_FLIGHT)
     running_assets = {r.dagster_run.tags.get(ASSET_TAG) for r in running}
     slots = max_runs_in_flight() - len(running)
@@ -185,27 +184,43 @@ def wave_run_requests(project: Project, instance: dg.DagsterInstance) -> tuple[l
     )
     if given_up:
         summary += f"; gave up after {MAX_ATTEMPTS} failures: {', '.join(given_up[:10])}"
-    if (
-        not out
-        and not running
-        and complete(project.plan, project.quadrants.keys, done)
-        and _export_stale(instance)
-    ):
-        out.append(_request("export"))
+    if reaped:
+        summary += f"; marked failed (process gone): {', '.join(reaped[:10])}"
+    if not out and not running and complete(project.plan, project.quadrants.keys, done):
+        stale = map_staleness(project)
+        if stale is None:
+            summary += "; map up to date"
+        elif _export_cooled_down(instance):
+            summary += f"; refreshing the map: {stale}"
+            out.append(_request("export"))
+        else:
+            summary += f"; map refresh failed recently, retrying after {COOLDOWN_S:.0f} s: {stale}"
+    elif running:
+        summary += "; waiting on " + ", ".join(
+            f"{r.dagster_run.tags.get(ASSET_TAG)} run {r.dagster_run.run_id[:8]}" for r in running[:5]
+        )
     if len(out) > max(slots, 0):
         summary += f"; {len(out) - max(slots, 0)} more run(s) wait for a free slot"
         out = out[: max(slots, 0)]
     return out, summary
 
 
-def _export_stale(instance: dg.DagsterInstance) -> bool:
-    """The map is older than the newest generation (and its last refresh did not just fail)."""
-    gen = instance.get_latest_materialization_event(dg.AssetKey(layers.GENERATION))
-    if gen is None:
-        return False
-    dzi = instance.get_latest_materialization_event(dg.AssetKey(layers.DZI_PYRAMID))
-    if dzi is not None and gen.timestamp <= dzi.timestamp:
-        return False
+def map_staleness(project: Project) -> str | None:
+    """Why the published map does not show the store's active generations (``None`` when it does).
+
+    Judged from the store and the map's own manifest, never from Dagster timestamps: a crash during export, a new
+    output directory, a deleted map or a repaired tile all make the map stale, an unchanged store does not.
+    """
+    from isonyc_dagster.publish.build import pyramid_staleness
+    from isonyc_dagster.publish.viewer import viewer_missing
+
+    out = Path(project.config.output_dir)
+    reason = pyramid_staleness(project.store, out, grid=project.quadrants.bbox, name=project.config.map.name)
+    return reason or viewer_missing(out)
+
+
+def _export_cooled_down(instance: dg.DagsterInstance) -> bool:
+    """The last map refresh did not fail in the last ``COOLDOWN_S`` seconds."""
     failed = [
         r
         for r in _scheduler_runs(instance, [dg.DagsterRunStatus.FAILURE])

@@ -6,6 +6,7 @@ The Dagster step assets and the seam pilot both run steps through ``run_step``; 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Callable, Container
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from isonyc_dagster.generate.seams import Edge, EdgeKey, continuity_mask
 from isonyc_dagster.generate.template import Template, build_template, extract_quadrants
 from isonyc_dagster.images import decode_rgb, png_bytes
 from isonyc_dagster.render import RenderResult
-from isonyc_dagster.store.base import TileStore, TileVersion, TileWrite
+from isonyc_dagster.store.base import CorruptBlobError, TileStore, TileVersion, TileWrite
 
 #: zlib level of tiles written to the store: ~2× faster than the default 6 for a few percent more bytes.
 TILE_PNG_LEVEL = 3
@@ -76,10 +77,12 @@ class StepInputs:
         if (x, y) not in self._aux:
             v = self.store.active(layers.RENDER, x, y)
             aux_sha = v.provenance.get("aux_sha256") if v is not None else None
+            aux = None
             if aux_sha and self.store.has_blob(aux_sha):
-                self._aux[(x, y)] = RenderResult.from_npz(self.store.get_blob(aux_sha)).aux()
-            else:
-                self._aux[(x, y)] = self._render_once(x, y).aux()
+                # Renders are deterministic: a damaged buffer blob is drawn again rather than failing the step.
+                with contextlib.suppress(CorruptBlobError):
+                    aux = RenderResult.from_npz(self.store.get_blob(aux_sha)).aux()
+            self._aux[(x, y)] = aux if aux is not None else self._render_once(x, y).aux()
         return self._aux[(x, y)]
 
     def generated_rgb(self, x: int, y: int) -> np.ndarray | None:

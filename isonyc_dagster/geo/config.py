@@ -17,7 +17,7 @@ class ConfigError(IsonycError, ValueError):
 
 
 class LatLng(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     lat: float = Field(ge=-85.0, le=85.0, description="latitude in degrees (WGS84)")
     lng: float = Field(ge=-180.0, le=180.0, description="longitude in degrees (WGS84)")
@@ -26,7 +26,8 @@ class LatLng(BaseModel):
 class MapConfig(BaseModel):
     """The camera and grid of one map. Defaults are the production isometric.nyc values."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and Infinity pass every range check by comparing false; TOML and Python's JSON both can spell them.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str = Field(default="nyc", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     seed: LatLng = LatLng(lat=40.7484, lng=-73.9857)
@@ -59,6 +60,10 @@ class ProjectConfig(BaseModel):
     bounds: str = Field(
         default="demo",
         description="a preset name (demo, manhattan, nyc) or a path to a GeoJSON Polygon/MultiPolygon in lat/lng",
+    )
+    force_bounds: bool = Field(
+        default=False,
+        description="build bounds that do not overlap the map's city (farther than 50 km from map.seed)",
     )
     geodata: list[str] = Field(
         default_factory=list,
@@ -101,17 +106,32 @@ def _format_validation_error(source: str, err: ValidationError) -> str:
 
 
 def _read_mapping(path: Path) -> dict[str, Any]:
+    """The table of a TOML/JSON config file; every way it can be unreadable is a ConfigError naming the file."""
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a directory; give the path of a .toml or .json file")
+    suffix = path.suffix.lower()
+    if suffix not in (".toml", ".json"):
+        raise ConfigError(f"config file {path}: unsupported extension {path.suffix!r}; use .toml or .json")
     try:
-        if path.suffix.lower() == ".toml":
-            return tomllib.loads(text)
-        if path.suffix.lower() == ".json":
-            return json.loads(text)
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {e.start}: {e.object[e.start : e.start + 1]!r}); "
+            "save it as UTF-8"
+        ) from None
+    except OSError as e:
+        raise ConfigError(f"config file {path} cannot be read: {e.strerror or e}") from None
+    try:
+        data = tomllib.loads(text) if suffix == ".toml" else json.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"config file {path} is not valid {path.suffix[1:].upper()}: {e}") from e
-    raise ConfigError(f"config file {path}: unsupported extension {path.suffix!r}; use .toml or .json")
+        raise ConfigError(f"config file {path} is not valid {suffix[1:].upper()}: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"config file {path}: expected a JSON object of settings, found {type(data).__name__}"
+        )
+    return data
 
 
 def load_map_config(path: str | Path) -> MapConfig:
@@ -119,6 +139,10 @@ def load_map_config(path: str | Path) -> MapConfig:
     path = Path(path)
     data = _read_mapping(path)
     data = data.get("map", data)
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"config file {path}: 'map' must be a table of settings, found {type(data).__name__}"
+        )
     try:
         return MapConfig.model_validate(data)
     except ValidationError as e:

@@ -21,12 +21,48 @@ from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
 import numpy as np
-from pyproj import Transformer
+from pyproj import Geod, Transformer
 from shapely.geometry import Polygon
 
+from isonyc_dagster.errors import IsonycError
 from isonyc_dagster.geo.config import MapConfig
 
 ArrayLike = float | np.ndarray
+
+#: The map's domain: points up to this far from the seed. The local transverse Mercator stays within 0.4 % of true
+#: scale there; farther out it distorts (and turns infinite), so points beyond are refused, not silently misplaced.
+MAP_RADIUS_M = 500_000.0
+#: Heights above ground ``locate`` accepts (metres): the tallest building is 828 m; this is room, not a model.
+HEIGHT_RANGE_M = (-1_000.0, 10_000.0)
+#: Quadrant indices beyond this are refused before any arithmetic (they would overflow a float long before).
+_MAX_INDEX = 10**9
+
+_GEOD = Geod(ellps="WGS84")
+
+
+class GeometryError(IsonycError, ValueError):
+    """A coordinate is not a finite number, or lies outside the degree ranges or the map's domain."""
+
+
+def _finite(name: str, value: float, lo: float, hi: float, unit: str) -> float:
+    """``value`` as a float, if it is a finite number within [lo, hi]; else a GeometryError naming it."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise GeometryError(f"{name} {value!r} is not a number; give {unit} in {lo:g}…{hi:g}") from None
+    if not math.isfinite(v):
+        raise GeometryError(f"{name} {value!r} is not a finite number; give {unit} in {lo:g}…{hi:g}")
+    if not lo <= v <= hi:
+        raise GeometryError(f"{name} {v:g} is out of range; give {unit} in {lo:g}…{hi:g}")
+    return v
+
+
+def check_lat_lng(lat: float, lng: float) -> tuple[float, float]:
+    """(lat, lng) as floats if both are finite degrees in range; else a GeometryError naming the bad one."""
+    return (
+        _finite("latitude", lat, -90.0, 90.0, "degrees"),
+        _finite("longitude", lng, -180.0, 180.0, "degrees"),
+    )
 
 
 @lru_cache(maxsize=32)
@@ -147,6 +183,47 @@ class MapGeometry:
     ) -> tuple[np.ndarray, np.ndarray]:
         return self.ground_to_lnglat(*self.pixel_to_ground(px, py, h))
 
+    # --- the map's domain ------------------------------------------------------------------------
+    def seed_distance_m(self, lat: ArrayLike, lng: ArrayLike) -> np.ndarray:
+        """Geodesic distance (metres, WGS84) from the map seed to each (lat, lng)."""
+        lat_a, lng_a = np.broadcast_arrays(np.asarray(lat, float), np.asarray(lng, float))
+        s = self.config.seed
+        _, _, d = _GEOD.inv(np.full(lat_a.shape, s.lng), np.full(lat_a.shape, s.lat), lng_a, lat_a)
+        return np.asarray(d)
+
+    def check_point(self, lat: float, lng: float, h: float = 0.0) -> tuple[float, float, float]:
+        """(lat, lng, h) as floats if they are finite, in range and within ``MAP_RADIUS_M`` of the seed."""
+        lat, lng = check_lat_lng(lat, lng)
+        h = _finite("height", h, *HEIGHT_RANGE_M, "metres above ground")
+        d = float(self.seed_distance_m(lat, lng))
+        if d > MAP_RADIUS_M:
+            s = self.config.seed
+            swapped = abs(lng) <= 90 and float(self.seed_distance_m(lng, lat)) <= MAP_RADIUS_M
+            raise GeometryError(
+                f"point ({lat:g}, {lng:g}) lies {d / 1000:,.0f} km from the map seed ({s.lat:g}, {s.lng:g}); this map "
+                f"covers {MAP_RADIUS_M / 1000:,.0f} km around it"
+                + (": latitude and longitude look swapped (give LAT first, then LNG)" if swapped else "")
+            )
+        return lat, lng, h
+
+    def check_quadrant(self, x: int, y: int) -> None:
+        """Raise GeometryError unless quadrant (x, y) has integer keys and lies within the map's domain."""
+        for name, v in (("x", x), ("y", y)):
+            if isinstance(v, bool) or not isinstance(v, int | np.integer):
+                raise GeometryError(f"quadrant {name} {v!r} is not an integer")
+        if max(abs(int(x)), abs(int(y))) <= _MAX_INDEX:
+            e, n = self.pixel_to_ground((x + 0.5) * self.q, (y + 0.5) * self.q)
+            d = math.hypot(float(e), float(n))  # ground metres are metres from the seed
+            if d <= MAP_RADIUS_M:
+                return
+            far = f"lies {d / 1000:,.0f} km from the map seed"
+        else:
+            far = "lies far outside the map"
+        raise GeometryError(
+            f"quadrant ({x}, {y}) {far}; this map covers {MAP_RADIUS_M / 1000:,.0f} km around its seed "
+            "(use `isonyc locate LAT LNG` to find a quadrant's key)"
+        )
+
     # --- quadrants -----------------------------------------------------------------------------
     def quadrant_of_pixel(self, px: ArrayLike, py: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
         return np.floor(np.asarray(px) / self.q).astype(int), np.floor(np.asarray(py) / self.q).astype(int)
@@ -156,7 +233,8 @@ class MapGeometry:
         return x * self.q, y * self.q
 
     def locate(self, lat: float, lng: float, h: float = 0.0) -> dict:
-        """Which quadrant and pixel show the point (lat, lng) at height h."""
+        """Which quadrant and pixel show the point (lat, lng) at height h (GeometryError outside the map)."""
+        lat, lng, h = self.check_point(lat, lng, h)
         px_arr, py_arr = self.lnglat_to_pixel(lng, lat, h)
         px, py = float(px_arr), float(py_arr)
         qx, qy = (int(v) for v in self.quadrant_of_pixel(px, py))
@@ -178,6 +256,7 @@ class MapGeometry:
 
     def quadrant_info(self, x: int, y: int) -> dict:
         """Ground corners (TL, TR, BR, BL) and centre of quadrant (x, y) in lat/lng, at h = 0."""
+        self.check_quadrant(x, y)
         q = self.q
         px = np.array([x * q, (x + 1) * q, (x + 1) * q, x * q, (x + 0.5) * q])
         py = np.array([y * q, y * q, (y + 1) * q, (y + 1) * q, (y + 0.5) * q])

@@ -23,7 +23,7 @@ from shapely.geometry import MultiPolygon, Polygon
 from shapely.geometry.base import BaseGeometry
 
 from isonyc_dagster.errors import IsonycError
-from isonyc_dagster.geo.geometry import MapGeometry
+from isonyc_dagster.geo.geometry import MAP_RADIUS_M, MapGeometry
 from isonyc_dagster.geodata.model import DEFAULT_UNKNOWN_HEIGHT_M, Building, Park, Road
 
 log = logging.getLogger("isonyc_dagster.geodata")
@@ -36,8 +36,13 @@ PLACEHOLDER_FEATURE_CODE = 1003
 #: Polygons smaller than this after projection are degenerate (collinear lon/lat rings gain a few cm²
 #: of area in a transverse Mercator); no real building or park is this small.
 MIN_POLYGON_AREA_M2 = 0.5
-#: Data further than this from the map seed is almost surely in the wrong CRS (NYC spans ~60 km).
-MAX_DISTANCE_FROM_SEED_M = 500_000.0
+#: Data further than this from the map seed is almost surely in the wrong CRS (NYC spans ~60 km); it is also
+#: the map's domain, beyond which the local projection is refused.
+MAX_DISTANCE_FROM_SEED_M = MAP_RADIUS_M
+#: Roofs above this are a data error (feet in a metres field, 9999 placeholders), not a building: NYC's tallest
+#: roof is 472 m and One WTC's spire 541 m. It is also the margin the project loads in front of the bounds
+#: (``project.TALL_BUILDING_MARGIN_M``), so a taller building would be cut differently by neighbouring regions.
+MAX_PLAUSIBLE_HEIGHT_M = 600.0
 
 ATTRIBUTION_DOITT = "Building footprints: NYC OTI (NYC Open Data)"
 ATTRIBUTION_DCP = "Borough boundaries: NYC DCP"
@@ -136,9 +141,15 @@ class ReadReport:
     land: int = 0
     skipped_placeholders: int = 0
     heights_estimated: int = 0
+    #: Buildings whose height fields held something that is not a height (text, a negative number, NaN,
+    #: infinity), and those above MAX_PLAUSIBLE_HEIGHT_M; both were estimated instead (and are in heights_estimated).
+    heights_invalid: int = 0
+    heights_implausible: int = 0
     repaired: int = 0
     outside_window: int = 0
     ignored: int = 0  # points and other geometry no kind can use
+    #: The source is meant to carry buildings (a buildings file, OSM, Socrata), so yielding none over land is suspect.
+    buildings_expected: bool = False
     dropped_empty: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -276,6 +287,21 @@ class Columns:
             self._cache[key] = None if col is None else _parse_column(col, kind)
         return self._cache[key]
 
+    def bad_lengths(self, name: str, unit: str = "m") -> np.ndarray | None:
+        """Per row, whether column ``name`` holds a value that is not a length: text, a negative number, NaN or
+        infinity (missing values and 0, DOITT's and OSM's "unknown", are not bad); None without the column."""
+        key = (name, f"bad_{unit}")
+        if key not in self._cache:
+            col, metres = self.get(name), self._parsed(name, f"len_{unit}")
+            bad = None
+            if col is not None and metres is not None:
+                # Only values that did not parse to a length can be bad: look at those alone.
+                unparsed = np.flatnonzero(np.isnan(metres))
+                bad = np.zeros(self.n, dtype=bool)
+                bad[unparsed] = [_bad_length(col[i], unit) for i in unparsed.tolist()]
+            self._cache[key] = bad
+        return self._cache[key]
+
     def lengths(self, names: Sequence[str], unit: str = "m") -> np.ndarray:
         """Metres per row from the first candidate column with a usable (> 0) length; NaN if none."""
         return self._coalesce(names, f"len_{unit}")
@@ -357,6 +383,18 @@ def parse_length(value: Any, *, unit: str = "m") -> float | None:
     else:
         v = num * factor
     return v if math.isfinite(v) and v > 0 else None
+
+
+def _bad_length(value: Any, unit: str) -> bool:
+    """A value that is present, not 0 (unknown), and yet not a positive finite length."""
+    if value is None or isinstance(value, bool) or (isinstance(value, str) and not value.strip()):
+        return False
+    if parse_length(value, unit=unit) is not None:
+        return False
+    if isinstance(value, int | float | np.integer | np.floating):
+        return float(value) != 0.0  # NaN, ±inf and negatives are bad; 0 is "unknown"
+    m = _LENGTH_RE.match(str(value).split(";")[0])
+    return m is None or float(m["num"].replace(",", ".")) != 0.0
 
 
 def parse_number(value: Any) -> float | None:
@@ -500,20 +538,72 @@ def in_window(sel: Rows, window: BaseGeometry | None, report: ReadReport) -> Row
 
 
 # --- normalization per kind -------------------------------------------------------------------------
-def building_heights(cols: Columns) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(height_m, base_m, estimated) per row from whatever height fields the source has: metres fields
-    first, then DOITT feet; unknown heights come from levels × 3.2 m or DEFAULT_UNKNOWN_HEIGHT_M."""
-    height = cols.lengths(HEIGHT_M_FIELDS, "m")
-    height = np.where(np.isnan(height), cols.lengths(HEIGHT_FT_FIELDS, "ft"), height)
+@dataclass(frozen=True)
+class Heights:
+    """Per-row heights of a buildings source (see ``building_heights``)."""
+
+    height_m: np.ndarray
+    base_m: np.ndarray
+    estimated: np.ndarray  # no usable height: estimated from levels or DEFAULT_UNKNOWN_HEIGHT_M
+    invalid: np.ndarray  # ... because a height field held text, a negative number, NaN or infinity
+    implausible: np.ndarray  # ... because the height (or levels × 3.2 m) exceeded MAX_PLAUSIBLE_HEIGHT_M
+    bad_value: dict[int, str]  # row → "field=value" of the first offending value, for warnings
+
+    def take(self, rows: np.ndarray) -> Heights:
+        """The heights of ``rows`` (their offending values keyed by position in ``rows``)."""
+        bad = {k: self.bad_value[r] for k, r in enumerate(rows.tolist()) if r in self.bad_value}
+        return Heights(
+            self.height_m[rows], self.base_m[rows], self.estimated[rows], self.invalid[rows],
+            self.implausible[rows], bad,
+        )  # fmt: skip
+
+
+def building_heights(cols: Columns) -> Heights:
+    """Heights per row from whatever height fields the source has: metres fields first, then DOITT feet.
+
+    A height is used when it is a positive finite length up to MAX_PLAUSIBLE_HEIGHT_M. Rows without one are
+    estimated from levels × 3.2 m (if that is plausible) or DEFAULT_UNKNOWN_HEIGHT_M; those whose fields held a bad
+    value (text, negative, NaN, infinity) or an implausible one are flagged, never silently given 12 m.
+    """
+    n = cols.n
+    height = np.full(n, np.nan)
+    invalid = np.zeros(n, dtype=bool)
+    implausible = np.zeros(n, dtype=bool)
+    bad_value: dict[int, str] = {}
+    for names, unit in ((HEIGHT_M_FIELDS, "m"), (HEIGHT_FT_FIELDS, "ft")):
+        for name in names:
+            bad = cols.bad_lengths(name, unit)
+            if bad is None:
+                continue
+            metres = cols.lengths((name,), unit)
+            too_tall = metres > MAX_PLAUSIBLE_HEIGHT_M
+            open_ = np.isnan(height)
+            raw = cols.get(name)
+            assert raw is not None
+            for r in np.flatnonzero(open_ & (bad | too_tall)).tolist():
+                bad_value.setdefault(r, f"{name}={raw[r]!r}")
+            invalid |= open_ & bad
+            implausible |= open_ & too_tall
+            height = np.where(open_ & ~too_tall, metres, height)
     base = cols.lengths(BASE_M_FIELDS, "m")
     min_level = cols.numbers(MIN_LEVEL_FIELDS)
     base = np.where(np.isnan(base), np.where(min_level > 0, min_level * LEVEL_HEIGHT_M, 0.0), base)
-    levels = cols.numbers(LEVELS_FIELDS)
     estimated = np.isnan(height)
-    guess = np.where(levels > 0, levels * LEVEL_HEIGHT_M, DEFAULT_UNKNOWN_HEIGHT_M)
+    by_levels = cols.numbers(LEVELS_FIELDS) * LEVEL_HEIGHT_M
+    tall_levels = estimated & (by_levels > MAX_PLAUSIBLE_HEIGHT_M)
+    levels_col = next((cols.get(f) for f in LEVELS_FIELDS if cols.get(f) is not None), None)
+    for r in np.flatnonzero(tall_levels & ~implausible & ~invalid).tolist():
+        bad_value.setdefault(r, f"levels={levels_col[r]!r}" if levels_col is not None else "levels")
+    implausible |= tall_levels
+    usable_levels = (by_levels > 0) & (by_levels <= MAX_PLAUSIBLE_HEIGHT_M)
+    guess = np.where(usable_levels, by_levels, DEFAULT_UNKNOWN_HEIGHT_M)
     # A part that starts high up (min_height) still needs some volume of its own.
     guess = np.maximum(guess, base + LEVEL_HEIGHT_M)
-    return np.where(estimated, guess, height), base, estimated
+    # Flags mean "estimated because of a bad value": a row with a usable height is never flagged.
+    invalid &= estimated
+    implausible &= estimated
+    bad_value = {r: v for r, v in bad_value.items() if invalid[r] or implausible[r]}
+    return Heights(np.where(estimated, guess, height), base, estimated, invalid, implausible, bad_value)
 
 
 def placeholders(cols: Columns) -> np.ndarray:
@@ -533,7 +623,9 @@ def make_buildings(
             geoms, rows_a = geoms[~ph], rows_a[~ph]
     bids = [sel.ids[r] for r in rows_a.tolist()]
     fixed = repair_polygons(geoms, bids, report, "building")
-    height, base, estimated = (a[rows_a] for a in building_heights(cols))
+    h = building_heights(cols).take(rows_a)
+    height, base, estimated = h.height_m, h.base_m, h.estimated
+    _report_bad_heights(h, bids, fixed, report)
     bad_base = base >= height
     if bad_base.any():
         base = np.where(bad_base, 0.0, base)
@@ -557,6 +649,29 @@ def make_buildings(
     report.heights_estimated += sum(b.height_estimated for b in out)
     report.buildings += len(out)
     return out
+
+
+def _report_bad_heights(
+    h: Heights, bids: Sequence[str], fixed: Sequence[BaseGeometry | None], report: ReadReport
+) -> None:
+    """Count and name (with the offending value) the kept buildings whose height had to be estimated."""
+    kept = np.array([g is not None for g in fixed], dtype=bool)
+    for mask, what, attr in (
+        (h.invalid & kept, "are not usable numbers (text, negative, NaN or infinite)", "heights_invalid"),
+        (
+            h.implausible & kept,
+            f"are above {MAX_PLAUSIBLE_HEIGHT_M:g} m, taller than any building (feet in a metres field?)",
+            "heights_implausible",
+        ),
+    ):
+        rows = np.flatnonzero(mask).tolist()
+        if not rows:
+            continue
+        setattr(report, attr, getattr(report, attr) + len(rows))
+        report.warn_ids(
+            f"{len(rows)} building height(s) {what}; estimated from levels or {DEFAULT_UNKNOWN_HEIGHT_M:g} m instead",
+            [f"{bids[k]} ({h.bad_value.get(k, '?')})" for k in rows],
+        )
 
 
 def park_kinds(cols: Columns, default: str = "park") -> list[str]:

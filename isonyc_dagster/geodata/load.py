@@ -32,6 +32,9 @@ __all__ = ["GeodataError", "load_city", "parse_source", "read_sources"]
 log = logging.getLogger(__name__)
 
 SOCRATA_SOURCE = "socrata"
+#: Land (m²) in the window above which a buildings source that yields no building is suspect: about half a city
+#: block. Open water, or a sliver of shore, may rightly have no building.
+MIN_LAND_FOR_BUILDINGS_M2 = 10_000.0
 
 
 def parse_source(source: str | Path) -> tuple[str, Path | str]:
@@ -185,6 +188,7 @@ def load_city(
             land_geom = shapely.Polygon()
         shapely.prepare(land_geom)
 
+    warn_if_no_buildings(fs, land_geom, window)
     reports = [r.as_dict() for r in fs.reports]
     for r in fs.reports:
         _log_report(r)
@@ -201,13 +205,38 @@ def load_city(
     )
 
 
+def warn_if_no_buildings(fs: FeatureSet, land: BaseGeometry | None, window: BaseGeometry | None) -> None:
+    """Warn, naming each file, when the buildings sources yield no building at all over an area with land.
+
+    An empty map with land on it is almost always a file for another area (or in a wrong CRS) rather than
+    empty ground. Only a total of zero counts: several files that each cover part of a city (one per borough,
+    say) are normal, and a window loaded region by region would otherwise warn for every region.
+    """
+    if fs.buildings:
+        return
+    # No shoreline known (land None) means everything is land.
+    land_m2 = (window.area if window is not None else float("inf")) if land is None else land.area
+    if land_m2 < MIN_LAND_FOR_BUILDINGS_M2:
+        return
+    area = "this area" if window is None else "the window"
+    for r in fs.reports:
+        if r.buildings_expected and r.buildings == 0:
+            where = "" if land_m2 == float("inf") else f" although {land_m2 / 1e6:,.2f} km² of it is land"
+            r.warn(
+                f"{Path(r.source).name} yields no building in {area}{where}: check that the file covers the bounds and "
+                "that its CRS is right"
+            )
+
+
 def _log_report(r: ReadReport) -> None:
     log.info(
-        "%s: %d buildings (%d estimated heights, %d placeholders skipped, %d repaired, %d dropped), %d parks, "
-        "%d roads, %d water",
+        "%s: %d buildings (%d estimated heights: %d invalid, %d implausible; %d placeholders skipped, %d repaired, "
+        "%d dropped), %d parks, %d roads, %d water",
         r.source,
         r.buildings,
         r.heights_estimated,
+        r.heights_invalid,
+        r.heights_implausible,
         r.skipped_placeholders,
         r.repaired,
         len(r.dropped_empty),

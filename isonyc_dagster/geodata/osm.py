@@ -96,7 +96,7 @@ def read_osm(path: str | Path, geometry: MapGeometry, *, window: BaseGeometry | 
     if not is_osm_path(path):
         raise GeodataError(f"{path}: not an OSM file; use one of {', '.join(OSM_SUFFIXES)}")
     source = str(path)
-    report = ReadReport(source=source)
+    report = ReadReport(source=source, buildings_expected=True)
     buildings = _Collector(_BUILDING_TAGS)
     parks = _Collector(("leisure", "landuse", "name"))
     water = _Collector(("name",))

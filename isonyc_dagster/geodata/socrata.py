@@ -353,7 +353,7 @@ def buildings_from_table(
     skip_placeholders: bool = True,
 ) -> FeatureSet:
     """Normalized buildings from a cached Socrata table (string fields, WKB lon/lat geometry)."""
-    report = ReadReport(source=source)
+    report = ReadReport(source=source, buildings_expected=True)
     geoms = shapely.from_wkb(table.column("geometry").to_numpy(zero_copy_only=False))
     attrs = {n: table.column(n).to_pylist() for n in table.column_names if n != "geometry"}
     every = ground_features(geometry, geoms, attrs, report, id_prefix="socrata", what="building")

@@ -280,6 +280,13 @@ def _read_layer(
             f"'buildings:{path}' or 'parks:{path}'"
         )
     report.ignored += int((present & (kinds == "")).sum())
+    # Judged on every row read and on the fields, not on the window: a buildings file that misses the area is the
+    # case the "no building over land" warning in load_city exists for.
+    report.buildings_expected = bool(
+        forced == "buildings"
+        or (kinds == "buildings").any()
+        or (forced is None and (cols.has(*_BUILDING_FIELDS) or name_hint == "buildings"))
+    )
 
     fs = FeatureSet(sources=[source], reports=[report])
     for k in KINDS:

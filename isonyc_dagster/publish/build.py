@@ -37,6 +37,7 @@ import numpy as np
 
 from isonyc_dagster import layers
 from isonyc_dagster.fileio import atomic_write
+from isonyc_dagster.geo.boxes import QuadRect
 from isonyc_dagster.publish._codec import decode_rgba, encode_rgba
 from isonyc_dagster.publish.layout import (
     Format,
@@ -494,3 +495,71 @@ def update_pyramid(
             write_sidecar(out, side)
             written, skipped = dict(sorted(b.written.items())), b.skipped
     return BuildStats(sum(written.values()), skipped, written, time.perf_counter() - t0, ignored)
+
+
+def pyramid_staleness(
+    store: TileStore,
+    out_dir: str | os.PathLike[str],
+    *,
+    grid: QuadRect | tuple[int, int, int, int],
+    name: str,
+    layer: str = layers.GENERATION,
+) -> str | None:
+    """Why the pyramid in ``out_dir`` does not show the store's active ``layer`` tiles over ``grid``; ``None``
+    when every tile file on disk is the one its inputs call for.
+
+    Judged from the store and the tile manifest alone (never from timestamps): a crash during a build, a new
+    output directory, deleted files or a repaired tile all read as stale, and an unchanged store as current.
+    """
+    out = Path(out_dir)
+    if not (out / f"{name}.dzi").is_file():
+        return f"no Deep Zoom map at {out / (name + '.dzi')}"
+    try:
+        side = read_sidecar(out, name)
+    except PyramidError as e:
+        return f"the map's sidecar is unreadable ({e})"
+    layout = layout_from_sidecar(side)
+    if tuple(layout.grid) != tuple(grid) or side.get("layer") != layer:
+        return f"the map covers {tuple(layout.grid)} of layer {side.get('layer')!r}, the bounds need {tuple(grid)}"
+    grid = QuadRect(*grid)
+    shas = {(v.x, v.y): v.sha256 for v in store.list_active(layer, bbox=grid)}
+    manifest = TileManifest.of(out, name)
+    try:
+        manifest.preload()
+        b = _Builder(
+            store,
+            out,
+            name,
+            layout,
+            side["format"],
+            layer,
+            manifest,
+            lambda x, y: shas.get((x, y)),
+            lambda *_: True,
+        )
+        expected: dict[tuple[int, int, int], str] = {}
+
+        def expect(level: int, col: int, row: int) -> str:
+            if level == layout.max_level:
+                sha = shas.get(layout.quadrant_of(col, row))
+                h = _h(b.params, "q", layout.tile, layout.tile, sha or "-")
+            else:
+                kids = [
+                    expect(level + 1, 2 * col + dx, 2 * row + dy)
+                    if layout.contains(level + 1, 2 * col + dx, 2 * row + dy)
+                    else "-"
+                    for dy in (0, 1)
+                    for dx in (0, 1)
+                ]
+                w, hgt = layout.tile_size(level, col, row)
+                h = _h(b.params, level, w, hgt, *kids)
+            expected[(level, col, row)] = h
+            return h
+
+        expect(0, 0, 0)
+        stale = sum(b._recorded(key) != h for key, h in expected.items())
+    finally:
+        manifest.close()
+    if stale:
+        return f"{stale} of {len(expected)} map tiles are missing or older than the store's active tiles"
+    return None

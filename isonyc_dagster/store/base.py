@@ -11,6 +11,8 @@ Model
 Guarantees: a PNG that does not decode, or whose size is not the expected one, is refused with
 ``StoreError`` before anything is written. Blob writes are atomic (temp + rename); ``put_tiles`` commits
 several tiles in one transaction (all or nothing). Safe for concurrent writers (threads and processes).
+Reads check every blob against its sha256 and never return corrupt bytes (``CorruptBlobError``); writing a
+blob whose stored copy is damaged replaces that copy.
 """
 
 from __future__ import annotations
@@ -26,6 +28,20 @@ from isonyc_dagster.errors import IsonycError
 
 class StoreError(IsonycError, RuntimeError):
     """Bad input to the store (corrupt or wrong-size PNG, unknown version, ...)."""
+
+
+class CorruptBlobError(StoreError):
+    """A stored blob's bytes do not hash to its name: it was damaged after it was written."""
+
+    def __init__(self, message: str, *, sha256: str, found_sha256: str, where: str) -> None:
+        super().__init__(message)
+        self.sha256 = sha256
+        self.found_sha256 = found_sha256
+        self.where = where
+
+
+class ReadOnlyStoreError(StoreError):
+    """A write to a store that is open read-only."""
 
 
 class Water(IntEnum):
@@ -192,6 +208,10 @@ class TileStore(abc.ABC):
     def list_flags(
         self, *, reference: bool | None = None, starred: bool | None = None, flagged: bool | None = None
     ) -> list[QuadrantFlags]: ...
+
+    def checkpoint(self) -> dict[str, int]:
+        """Make the index self-contained on disk (end of a pipeline run); backends without one do nothing."""
+        return {}
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

@@ -28,12 +28,19 @@ this. The replica lives in a cache directory and may be shared by processes on o
 an entry is applied once). Every ``checkpoint_every`` commits the writer uploads a gzip'd snapshot so a
 new machine downloads one file and replays at most that many log entries instead of the whole history.
 
+Integrity: reads check every blob against its sha256 (``CorruptBlobError`` names the tile versions it
+holds); writing a blob whose object exists compares GCS's md5 of it and replaces an object with other bytes
+(``ifGenerationMatch`` on the bad generation). ``rebuild_index()`` (``isonyc store rebuild-index``) drops the
+local replica and replays it from the bucket, which holds the whole history (log + checkpoints); a replica
+that is not a SQLite file is moved aside and rebuilt the same way, since it is only a cache.
+
 Credentials come from the environment (Application Default Credentials); ``STORAGE_EMULATOR_HOST``
 points the client at an emulator with anonymous credentials; or pass ``client=``.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import gzip
@@ -56,9 +63,9 @@ from typing import Any, TypeVar
 from google.api_core import exceptions as gexc
 from google.cloud import storage
 
-from isonyc_dagster.store.base import FlagUpdate, QuadrantFlags, StoreError, TileVersion, Water
-from isonyc_dagster.store.index import SCHEMA_VERSION, IndexedTileStore, SqliteIndex
-from isonyc_dagster.store.validate import PreparedWrite, canonical_json, check_sha, prepare_blob
+from isonyc_dagster.store.base import FlagUpdate, QuadrantFlags, StoreError, TileVersion
+from isonyc_dagster.store.index import SCHEMA_VERSION, STATE_TABLES, IndexedTileStore, SqliteIndex, put_op
+from isonyc_dagster.store.validate import PreparedWrite, check_sha, check_size
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +73,6 @@ LOG_FORMAT = 1
 _SEQ_DIGITS = 12
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9_.\-]{1,220}[a-z0-9]$")
 _CONTENT_TYPES = {"png": "image/png", "json": "application/json", "npz": "application/octet-stream"}
-_TABLES = ("tile_versions", "active_tiles", "quadrant_flags", "replica_log")  # insert order (foreign keys)
 T = TypeVar("T")
 
 
@@ -99,6 +105,7 @@ class GCSTileStore(IndexedTileStore):
         keep_checkpoints: int = 2,
         workers: int = 8,
         max_commit_attempts: int = 200,
+        read_only: bool = False,
     ) -> None:
         if not isinstance(bucket, str) or not _BUCKET_RE.match(bucket) or ".." in bucket:
             raise StoreError(
@@ -110,6 +117,7 @@ class GCSTileStore(IndexedTileStore):
         self.bucket_name = bucket
         self.prefix = f"{prefix}/" if prefix else ""
         self.uri = f"gs://{bucket}/{prefix}".rstrip("/")
+        self.location = self.uri
         self.max_staleness_s = float(max_staleness_s)
         self.checkpoint_every = int(checkpoint_every)
         self.keep_checkpoints = max(1, int(keep_checkpoints))
@@ -122,7 +130,22 @@ class GCSTileStore(IndexedTileStore):
 
         key = hashlib.sha256(self.uri.encode()).hexdigest()[:16]
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else _default_cache_dir() / key
-        super().__init__(self.cache_dir / "index.sqlite", tile_size=tile_size)
+        # The replica is a cache on this machine, writable even when the store is opened read-only.
+        kw: dict[str, Any] = {"tile_size": tile_size, "read_only": read_only, "index_read_only": False}
+        if tile_size is not None:
+            check_size(tile_size, what="tile_size")  # before the replica: a bad argument is no bad replica
+        replica = self.cache_dir / "index.sqlite"
+        try:
+            super().__init__(replica, **kw)
+        except StoreError:
+            if not replica.exists():
+                raise
+            aside = replica.with_name(f"index.sqlite.damaged-{int(time.time())}")
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(f"{replica}{suffix}", f"{aside}{suffix}")
+            log.warning("index replica %s is unreadable; moved it to %s and rebuilding it", replica, aside)
+            super().__init__(replica, **kw)
         with self._index.transaction() as c:
             where = self._index.meta_get("gcs.location", c)
             if where is None:
@@ -236,22 +259,63 @@ class GCSTileStore(IndexedTileStore):
         others = self._list(self._blob_name(sha256, ""))
         return others[0] if others else None
 
-    def put_blob(self, data: bytes, *, ext: str = "png") -> str:
-        data, sha = prepare_blob(data, ext)
-        self._create(self._blob_name(sha, ext), data, _CONTENT_TYPES.get(ext, "application/octet-stream"))
-        return sha
+    def _blobs_where(self) -> str:
+        return f"{self.uri}/blobs"
 
-    def get_blob(self, sha256: str) -> bytes:
-        check_sha(sha256)
-        data = self._download(self._blob_name(sha256, "png"))
-        if data is None:
-            name = self._find_blob(sha256)
-            data = None if name is None else self._download(name)
-        if data is None:
-            raise StoreError(
-                f"blob {sha256} not found under {self.uri}/blobs; was it written to another store?"
+    def _write_blob(self, sha256: str, ext: str, data: bytes, *, likely_exists: bool = False) -> None:
+        """Create the blob object, or check an existing one and replace it if it holds other bytes.
+
+        ``likely_exists`` (a rerun re-putting active tiles): check first, which costs one metadata request
+        instead of an upload that GCS refuses.
+        """
+        name = self._blob_name(sha256, ext)
+        content_type = _CONTENT_TYPES.get(ext, "application/octet-stream")
+        meta = self._blob_meta(name) if likely_exists else None
+        for _ in range(5):
+            if meta is None:
+                if self._create(name, data, content_type):
+                    return
+                meta = self._blob_meta(name)
+                if meta is None:
+                    continue  # deleted in between: create it again
+            # Content-addressed, but an object can be overwritten after it was written: compare the md5 GCS
+            # keeps for every object instead of trusting the name.
+            same = (
+                meta.md5_hash == base64.b64encode(hashlib.md5(data).digest()).decode()
+                if meta.md5_hash
+                else self._download(name) == data  # composite objects have no md5
             )
-        return data
+            if same and meta.size == len(data):
+                return
+            log.warning("blob object %s on %s holds other bytes; writing it again", name, self.uri)
+            try:
+                with self._gcs(f"repair of {name}"):
+                    self._bucket.blob(name).upload_from_string(
+                        data, content_type=content_type, if_generation_match=meta.generation
+                    )
+                return
+            except gexc.PreconditionFailed:
+                meta = self._blob_meta(name)  # replaced by someone else meanwhile: check again
+        raise StoreError(f"could not store blob {name} on {self.uri}: the object kept changing while written")
+
+    def _blob_meta(self, name: str) -> storage.Blob | None:
+        with self._gcs(f"lookup of {name}"):
+            return self._bucket.get_blob(name)
+
+    def _read_blob_raw(self, sha256: str) -> tuple[str, bytes] | None:
+        name = self._blob_name(sha256, "png")
+        data = self._download(name)
+        if data is None:  # a non-PNG blob (.npz, ...): one listing finds its extension
+            other = self._find_blob(sha256)
+            if other is None:
+                return None
+            name, data = other, self._download(other)
+        return None if data is None else (f"gs://{self.bucket_name}/{name}", data)
+
+    def _drop_blob(self, where: str) -> None:
+        name = where.removeprefix(f"gs://{self.bucket_name}/")
+        with contextlib.suppress(gexc.NotFound), self._gcs(f"deletion of {name}", missing_ok=True):
+            self._bucket.blob(name).delete()
 
     def uri_for_blob(self, sha256: str) -> str:
         """``gs://`` URI of a blob (for exporters that copy objects server-side); ``StoreError`` if unknown."""
@@ -315,29 +379,7 @@ class GCSTileStore(IndexedTileStore):
             self._index.meta_set(c, "gcs.seq", str(applied))
 
     def _apply_op(self, c: sqlite3.Connection, op: dict[str, Any], rec: dict[str, Any]) -> None:
-        kind = op.get("op")
-        if kind == "put":
-            latest = self._index.latest_version(c, op["layer"], op["x"], op["y"])
-            if latest + 1 != op["version"]:
-                raise StoreError(
-                    f"index log entry {rec['seq']} on {self.uri} adds version {op['version']} of "
-                    f"{op['layer']} ({op['x']},{op['y']}) but the replica has {latest}; the log is damaged"
-                )
-            prov = canonical_json(op["provenance"], what=f"log entry {rec['seq']}")
-            self._index.insert_version(
-                c, op["layer"], op["x"], op["y"], op["version"], op["sha256"], rec["created_at"], prov
-            )
-        elif kind == "activate":
-            self._index.check_version(c, op["layer"], op["x"], op["y"], op["version"])
-            self._index.set_active(c, op["layer"], op["x"], op["y"], op["version"])
-        elif kind == "flags":
-            water = None if op.get("water") is None else Water(op["water"])
-            update = FlagUpdate(water, op.get("starred"), op.get("flagged"), op.get("reference"))
-            self._index.merge_flags(c, op["x"], op["y"], update)
-        else:
-            raise StoreError(
-                f"index log entry {rec['seq']} on {self.uri} has unknown op {kind!r}; upgrade isonyc-dagster"
-            )
+        self._index.apply_op(c, op, rec["created_at"], where=f"index log entry {rec['seq']} on {self.uri}")
 
     def refresh(self) -> int:
         """Bring the local replica up to date with the log now; returns the applied sequence number."""
@@ -404,13 +446,39 @@ class GCSTileStore(IndexedTileStore):
             "index replica %s does not match %s; rebuilding it from the bucket", self.cache_dir, self.uri
         )
         with self._index.transaction() as c:
-            for table in reversed(_TABLES):
-                c.execute(f"DELETE FROM {table}")
+            self._index.reset(c)
             self._index.meta_set(c, "gcs.seq", "0")
 
+    def rebuild_index(self) -> dict[str, Any]:
+        """Drop the local replica and replay it from the bucket (newest checkpoint + log); returns a summary.
+
+        The bucket holds the whole history, so this is all ``isonyc store rebuild-index`` needs on GCS.
+        """
+        with self._sync_lock:
+            with self._index.transaction() as c:
+                self._index.reset(c)
+                self._index.meta_set(c, "gcs.seq", "0")
+            self._verified = True
+            self._synced_at = -float("inf")
+        seq = self.refresh()
+        c = self._index.conn()
+        count = {t: c.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in STATE_TABLES}
+        return {
+            "store": self.uri,
+            "replica": str(self._index.path),
+            "log_seq": seq,
+            "versions": count["tile_versions"],
+            "active_tiles": count["active_tiles"],
+            "flagged_quadrants": count["quadrant_flags"],
+        }
+
     # --- checkpoints -------------------------------------------------------------------------------
-    def checkpoint(self) -> int:
-        """Upload a snapshot of the index at the current head; returns its sequence number."""
+    def upload_checkpoint(self) -> int:
+        """Upload a snapshot of the index at the current head; returns its sequence number.
+
+        (``checkpoint()``, as on every store, only folds the local replica's WAL into its file.)
+        """
+        self._require_writable("upload a checkpoint")
         self._sync(force=True)
         with tempfile.TemporaryDirectory(dir=self.cache_dir) as td:
             snap = Path(td) / "snapshot.sqlite"
@@ -463,9 +531,9 @@ class GCSTileStore(IndexedTileStore):
                 with self._index.transaction() as t:
                     if self._applied(t) >= seq:
                         return True
-                    for table in reversed(_TABLES):
+                    for table in reversed(STATE_TABLES):
                         t.execute(f"DELETE FROM main.{table}")
-                    for table in _TABLES:
+                    for table in STATE_TABLES:
                         t.execute(f"INSERT INTO main.{table} SELECT * FROM ckpt.{table}")
                     self._index.meta_set(t, "gcs.seq", str(seq))
             finally:
@@ -505,7 +573,7 @@ class GCSTileStore(IndexedTileStore):
                     self._apply_records([record])
                     if self.checkpoint_every > 0 and seq % self.checkpoint_every == 0:
                         try:
-                            self.checkpoint()
+                            self.upload_checkpoint()
                         except StoreError as exc:  # only a cold-start shortcut: the log stays authoritative
                             log.warning("checkpoint at %s failed: %s", seq, exc)
                     return result
@@ -524,13 +592,18 @@ class GCSTileStore(IndexedTileStore):
     def _put_prepared(self, prepared: list[PreparedWrite]) -> list[TileVersion]:
         if not prepared:
             return []
-        # A rerun of a step re-puts tiles that are already active: their blobs exist, skip the upload.
+        # A rerun of a step re-puts tiles that are already active: their blobs exist, so check them (one
+        # metadata request) rather than upload them again.
         self._sync()
         known = {
             (p.layer, p.x, p.y): a.sha256 for p in prepared if (a := self._index.active(p.layer, p.x, p.y))
         }
-        uploads = [p for p in prepared if known.get((p.layer, p.x, p.y)) != p.sha256]
-        self._parallel(lambda p: self._create(self._blob_name(p.sha256, "png"), p.png, "image/png"), uploads)
+        self._parallel(
+            lambda p: self._write_blob(
+                p.sha256, "png", p.png, likely_exists=known.get((p.layer, p.x, p.y)) == p.sha256
+            ),
+            prepared,
+        )
 
         def build(c: sqlite3.Connection, now: float) -> tuple[list[dict[str, Any]], list[TileVersion]]:
             ops: list[dict[str, Any]] = []
@@ -540,7 +613,7 @@ class GCSTileStore(IndexedTileStore):
                 if isinstance(plan, TileVersion):
                     out.append(plan)
                     continue
-                ops.append(_put_op(p, plan))
+                ops.append(put_op(p, plan))
                 out.append(TileVersion(p.layer, p.x, p.y, plan, p.sha256, now, p.provenance, True))
             return ops, out
 
@@ -553,6 +626,15 @@ class GCSTileStore(IndexedTileStore):
                 return [], target
             op = {"op": "activate", "layer": layer, "x": x, "y": y, "version": version}
             return [op], dataclasses.replace(target, active=True)
+
+        return self._commit(build)
+
+    def _deactivate(self, layer: str, x: int, y: int) -> TileVersion | None:
+        def build(c: sqlite3.Connection, now: float) -> tuple[list[dict[str, Any]], TileVersion | None]:
+            current = self._index.active(layer, x, y, c)
+            if current is None:
+                return [], None
+            return [{"op": "deactivate", "layer": layer, "x": x, "y": y}], current
 
         return self._commit(build)
 
@@ -582,15 +664,3 @@ class GCSTileStore(IndexedTileStore):
             with contextlib.suppress(Exception):
                 self._client.close()
             self._client = None
-
-
-def _put_op(p: PreparedWrite, version: int) -> dict[str, Any]:
-    return {
-        "op": "put",
-        "layer": p.layer,
-        "x": p.x,
-        "y": p.y,
-        "version": version,
-        "sha256": p.sha256,
-        "provenance": p.provenance,
-    }

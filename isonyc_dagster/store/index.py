@@ -1,11 +1,17 @@
 """The versioned tile index in SQLite, and the store reads both backends answer from it.
 
-The local store keeps its index here directly; the GCS store keeps a replica of its transaction log here.
+The local store keeps its index here directly (with a commit journal next to it, ``journal.py``); the GCS
+store keeps a replica of its transaction log here. Both replay their history through ``SqliteIndex.apply_op``.
 Schema: ``tile_versions`` (every version), ``active_tiles`` (one active version per tile),
-``quadrant_flags``, the GCS replica's ``replica_log`` and ``meta``, and ``schema_migrations``.
+``quadrant_flags``, ``meta`` (the GCS replica's log position, the local journal's position), the GCS
+replica's ``replica_log``, and ``schema_migrations``.
 
 Concurrency: one SQLite connection per thread (and per process after a fork); processes serialise their
 writes through SQLite's lock (``busy_timeout`` 30 s).
+
+Read-only: ``SqliteIndex(path, read_only=True)`` opens SQLite with ``mode=ro``. In a directory nobody can write,
+SQLite cannot create the ``-shm`` file a WAL reader needs; if no ``-wal`` file holds un-checkpointed commits
+the index is then opened ``immutable`` (no writer can exist there, so nothing can change under the reader).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -24,8 +31,10 @@ from typing import Any
 from isonyc_dagster.fileio import fsync_dir
 from isonyc_dagster.geo.boxes import QuadRect
 from isonyc_dagster.store.base import (
+    CorruptBlobError,
     FlagUpdate,
     QuadrantFlags,
+    ReadOnlyStoreError,
     StoreError,
     TileStore,
     TileVersion,
@@ -34,15 +43,21 @@ from isonyc_dagster.store.base import (
 )
 from isonyc_dagster.store.validate import (
     PreparedWrite,
+    canonical_json,
     check_bbox,
     check_flag_args,
     check_key,
     check_keys,
     check_layer,
+    check_sha,
     check_size,
     check_xy,
+    prepare_blob,
     prepare_writes,
+    sha256_hex,
 )
+
+log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_S = 30.0
 
@@ -106,6 +121,8 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
     ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
+#: Tables holding the index's state, in insert order (foreign keys); deleted in reverse.
+STATE_TABLES = ("tile_versions", "active_tiles", "quadrant_flags", "replica_log")
 
 _VERSION_COLS = "v.layer, v.x, v.y, v.version, v.sha256, v.created_at, v.provenance"
 _FLAG_COLS = "x, y, water, starred, flagged, reference"
@@ -167,14 +184,19 @@ def _enable_wal(c: sqlite3.Connection) -> None:
 class SqliteIndex:
     """The versioned tile index in one SQLite file (thread- and process-safe)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
         self.path = Path(path)
-        ensure_dir(self.path.parent)
+        self.read_only = read_only
+        if not read_only:
+            ensure_dir(self.path.parent)
         self._local = threading.local()
         self._lock = threading.Lock()
         self._conns: list[sqlite3.Connection] = []
         self._epoch = 0  # bumped by close(): thread-local connections from before are dropped
-        self._migrate()
+        if read_only:
+            self._check_schema()
+        else:
+            self._migrate()
 
     # --- connections ------------------------------------------------------------------------------
     def conn(self) -> sqlite3.Connection:
@@ -189,18 +211,65 @@ class SqliteIndex:
         try:
             # isolation_level=None: we issue BEGIN IMMEDIATE ourselves; check_same_thread=False only so that
             # close() can close other threads' connections — each one is still used by its own thread.
-            c = sqlite3.connect(
-                self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-            )
-            c.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-            _enable_wal(c)
-            c.execute("PRAGMA synchronous = NORMAL")
+            if self.read_only:
+                c = self._connect_read_only()
+            else:
+                c = sqlite3.connect(
+                    self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+                )
+                c.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+                _enable_wal(c)
+                c.execute("PRAGMA synchronous = NORMAL")
             c.execute("PRAGMA foreign_keys = ON")
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"cannot open tile index {self.path}: {exc}; is it a SQLite file?") from exc
+            raise StoreError(
+                f"cannot open tile index {self.path}: {exc}; is it a SQLite file? If it was damaged, move it "
+                f"aside and run `isonyc store rebuild-index --store {self.path.parent}`"
+            ) from exc
         with self._lock:
             self._conns.append(c)
         return c
+
+    def _connect_read_only(self) -> sqlite3.Connection:
+        uri = self.path.resolve().as_uri()
+        c = sqlite3.connect(
+            f"{uri}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+        )
+        c.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        try:
+            c.execute("SELECT count(*) FROM sqlite_master").fetchone()  # the first read opens the WAL
+            return c
+        except sqlite3.OperationalError:
+            c.close()
+            if os.access(self.path.parent, os.W_OK):
+                raise
+        wal = Path(f"{self.path}-wal")
+        if wal.exists() and wal.stat().st_size > 0:
+            raise StoreError(
+                f"cannot read tile index {self.path} read-only: {wal.name} holds commits that were never "
+                f"checkpointed into it and {self.path.parent} is not writable (SQLite needs to create "
+                f"{self.path.name}-shm to read them); have its owner run `isonyc store checkpoint --store "
+                f"{self.path.parent}` (or open it read-write once) to fold them into the index"
+            )
+        # No writer can exist in a directory nobody can write (a WAL writer must create -wal), so the file
+        # cannot change under us: immutable skips the locking that needs -shm.
+        return sqlite3.connect(f"{uri}?immutable=1", uri=True, isolation_level=None, check_same_thread=False)
+
+    def checkpoint(self, *, timeout_s: float = 5.0) -> dict[str, int]:
+        """Copy the WAL into the index file and truncate the WAL; returns SQLite's counts.
+
+        Uses its own short-lived connection (safe from any thread). Waits up to ``timeout_s`` for readers to
+        finish; if some keep reading, what could be copied is copied and ``busy`` is 1. No-op when read-only.
+        """
+        if self.read_only or not self.path.exists():
+            return {"busy": 0, "wal_frames": 0, "checkpointed": 0}
+        try:
+            with contextlib.closing(sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None)) as c:
+                c.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
+                busy, frames, done = c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot checkpoint tile index {self.path}: {exc}") from exc
+        return {"busy": int(busy), "wal_frames": int(frames), "checkpointed": int(done)}
 
     def close(self) -> None:
         with self._lock:
@@ -227,6 +296,24 @@ class SqliteIndex:
         c = c or self.conn()
         row = c.execute("SELECT max(version) FROM schema_migrations").fetchone()
         return row[0] or 0
+
+    def _check_schema(self) -> None:
+        """Read-only open: the index must already have this code's schema (migrating is a write)."""
+        try:
+            current = self.schema_version()
+        except sqlite3.OperationalError as exc:
+            raise StoreError(
+                f"tile index {self.path} has no schema ({exc}); it was never written by isonyc-dagster"
+            ) from exc
+        if current != SCHEMA_VERSION:
+            raise StoreError(
+                f"tile index {self.path} has schema version {current}, this code uses {SCHEMA_VERSION}; "
+                + (
+                    "upgrade isonyc-dagster"
+                    if current > SCHEMA_VERSION
+                    else "open the store once read-write to migrate it"
+                )
+            )
 
     def _migrate(self) -> None:
         c = self.conn()
@@ -372,6 +459,87 @@ class SqliteIndex:
         ).fetchone()
         return _row_to_version(row, bool(row[7]))
 
+    def clear_active(self, c: sqlite3.Connection, layer: str, x: int, y: int) -> None:
+        """Remove a tile's active pointer (its versions stay): the tile reads as missing."""
+        c.execute("DELETE FROM active_tiles WHERE layer = ? AND x = ? AND y = ?", (layer, x, y))
+
+    def apply_op(self, c: sqlite3.Connection, op: dict[str, Any], created_at: float, *, where: str) -> None:
+        """Replay one recorded operation (a GCS log op or a local journal line); ``where`` names its record.
+
+        Ops: ``put`` (a new version, which becomes active), ``activate``, ``deactivate``, ``flags``.
+        """
+        kind = op.get("op")
+        if kind == "put":
+            latest = self.latest_version(c, op["layer"], op["x"], op["y"])
+            if latest + 1 != op["version"]:
+                raise StoreError(
+                    f"{where} adds version {op['version']} of {op['layer']} ({op['x']},{op['y']}) but the index "
+                    f"has {latest}; the history is damaged"
+                )
+            prov = canonical_json(op["provenance"], what=where)
+            self.insert_version(
+                c, op["layer"], op["x"], op["y"], op["version"], op["sha256"], created_at, prov
+            )
+        elif kind == "activate":
+            self.check_version(c, op["layer"], op["x"], op["y"], op["version"])
+            self.set_active(c, op["layer"], op["x"], op["y"], op["version"])
+        elif kind == "deactivate":
+            self.clear_active(c, op["layer"], op["x"], op["y"])
+        elif kind == "flags":
+            water = None if op.get("water") is None else Water(op["water"])
+            update = FlagUpdate(water, op.get("starred"), op.get("flagged"), op.get("reference"))
+            self.merge_flags(c, op["x"], op["y"], update)
+        else:
+            raise StoreError(f"{where} has unknown op {kind!r}; upgrade isonyc-dagster")
+
+    def reset(self, c: sqlite3.Connection) -> None:
+        """Delete every version, pointer, flag and replica entry (before replaying a history from scratch)."""
+        for table in reversed(STATE_TABLES):
+            c.execute(f"DELETE FROM {table}")
+
+    def has_data(self, c: sqlite3.Connection | None = None) -> bool:
+        """Whether the index holds any tile version or quadrant flags."""
+        row = (
+            (c or self.conn())
+            .execute("SELECT EXISTS (SELECT 1 FROM tile_versions) OR EXISTS (SELECT 1 FROM quadrant_flags)")
+            .fetchone()
+        )
+        return bool(row[0])
+
+    def layers(self) -> list[str]:
+        """Every layer that has a version."""
+        return [r[0] for r in self.conn().execute("SELECT DISTINCT layer FROM tile_versions ORDER BY layer")]
+
+    def all_versions(self, layer: str, *, active_only: bool) -> list[TileVersion]:
+        """Every version (or only the active ones) of a layer, by x, y, version."""
+        join = "JOIN" if active_only else "LEFT JOIN"
+        rows = (
+            self.conn()
+            .execute(
+                f"SELECT {_VERSION_COLS}, a.version IS NOT NULL FROM tile_versions v "
+                f"{join} active_tiles a USING (layer, x, y, version) WHERE v.layer = ? "
+                "ORDER BY v.x, v.y, v.version",
+                (layer,),
+            )
+            .fetchall()
+        )
+        return [_row_to_version(r, bool(r[7])) for r in rows]
+
+    def versions_of_blob(self, sha256: str, limit: int = 5) -> tuple[list[TileVersion], int]:
+        """Up to ``limit`` tile versions stored as blob ``sha256`` (active ones first) and how many there are.
+
+        A full scan (no index on sha256): only error paths call it.
+        """
+        c = self.conn()
+        total = c.execute("SELECT count(*) FROM tile_versions WHERE sha256 = ?", (sha256,)).fetchone()[0]
+        rows = c.execute(
+            f"SELECT {_VERSION_COLS}, a.version IS NOT NULL AS act FROM tile_versions v "
+            "LEFT JOIN active_tiles a USING (layer, x, y, version) WHERE v.sha256 = ? "
+            "ORDER BY act DESC, v.layer, v.x, v.y, v.version LIMIT ?",
+            (sha256, limit),
+        ).fetchall()
+        return [_row_to_version(r, bool(r[7])) for r in rows], int(total)
+
     # --- flags --------------------------------------------------------------------------------------
     def flags(self, x: int, y: int, c: sqlite3.Connection | None = None) -> QuadrantFlags:
         row = (
@@ -425,12 +593,31 @@ class IndexedTileStore(TileStore):
 
     Every public tile and flag method checks its arguments here; a backend adds the blobs, ``_fresh_index``
     (the index, up to date for a read) and the commits of already-checked writes.
+
+    Every blob read is checked against its name (sha256): corrupt bytes are never returned, and the error
+    names the tile versions stored in that blob. A read-only store refuses every write with one
+    :class:`ReadOnlyStoreError`.
     """
 
-    def __init__(self, index_path: Path, *, tile_size: tuple[int, int] | None) -> None:
+    #: Where the store lives (a directory or a ``gs://`` URI), for messages and reports.
+    location: str = ""
+
+    def __init__(
+        self,
+        index_path: Path,
+        *,
+        tile_size: tuple[int, int] | None,
+        read_only: bool = False,
+        read_only_reason: str = "opened with read_only=True",
+        index_read_only: bool | None = None,
+    ) -> None:
         if tile_size is not None:
             self.tile_size = check_size(tile_size, what="tile_size")
-        self._index = SqliteIndex(index_path)
+        self.read_only = bool(read_only)
+        self._read_only_reason = read_only_reason
+        self._index = SqliteIndex(
+            index_path, read_only=self.read_only if index_read_only is None else index_read_only
+        )
 
     # --- backend hooks ------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -446,24 +633,117 @@ class IndexedTileStore(TileStore):
         """``activate`` with a checked key; ``version`` is checked against the index inside the commit."""
 
     @abc.abstractmethod
+    def _deactivate(self, layer: str, x: int, y: int) -> TileVersion | None:
+        """``deactivate`` with a checked key."""
+
+    @abc.abstractmethod
     def _commit_flags(self, x: int, y: int, update: FlagUpdate) -> QuadrantFlags:
         """``set_flags`` with checked arguments."""
+
+    @abc.abstractmethod
+    def _read_blob_raw(self, sha256: str) -> tuple[str, bytes] | None:
+        """(where, bytes) of blob ``sha256`` as stored, unchecked; ``None`` if there is none."""
+
+    @abc.abstractmethod
+    def _write_blob(self, sha256: str, ext: str, data: bytes) -> None:
+        """Store ``data`` (whose sha256 is ``sha256``); an existing copy that holds other bytes is replaced."""
+
+    @abc.abstractmethod
+    def _drop_blob(self, where: str) -> None:
+        """Delete the stored copy ``where`` (as ``_read_blob_raw`` named it); used to remove corrupt copies."""
+
+    @abc.abstractmethod
+    def _blobs_where(self) -> str:
+        """Where the blobs live, for messages."""
+
+    # --- read-only ----------------------------------------------------------------------------------
+    def _require_writable(self, what: str) -> None:
+        if self.read_only:
+            raise ReadOnlyStoreError(
+                f"the tile store at {self.location} is open read-only ({self._read_only_reason}); cannot "
+                f"{what}: open it with read_only=False, as a user who can write there"
+            )
+
+    # --- blobs --------------------------------------------------------------------------------------
+    def put_blob(self, data: bytes, *, ext: str = "png") -> str:
+        self._require_writable("store a blob")
+        data, sha = prepare_blob(data, ext)
+        self._write_blob(sha, ext, data)
+        return sha
+
+    def get_blob(self, sha256: str) -> bytes:
+        """Bytes of a blob, checked against its sha256; ``StoreError`` if missing, ``CorruptBlobError`` if not."""
+        check_sha(sha256)
+        found = self._read_blob_raw(sha256)
+        if found is None:
+            raise StoreError(
+                f"blob {sha256} not found in {self._blobs_where()}; was it written to another store?"
+            )
+        where, data = found
+        actual = sha256_hex(data)
+        if actual != sha256:
+            versions, total = self._index.versions_of_blob(sha256)
+            raise CorruptBlobError(
+                f"blob {sha256} is corrupt: {where} holds {len(data)} bytes whose sha256 is {actual}; "
+                f"{_describe_users(versions, total)}. {_repair_hint(self.location)}",
+                sha256=sha256,
+                found_sha256=actual,
+                where=where,
+            )
+        return data
 
     # --- checked entry points -----------------------------------------------------------------------
     def put_tiles(
         self, writes: Sequence[TileWrite], *, expect_size: tuple[int, int] | None = None
     ) -> list[TileVersion]:
+        self._require_writable("write tiles")
         return self._put_prepared(prepare_writes(writes, expect_size=expect_size or self.tile_size))
 
     def activate(self, layer: str, x: int, y: int, version: int) -> TileVersion:
+        self._require_writable("activate a version")
         return self._activate(*check_key(layer, x, y), version)
 
+    def deactivate(self, layer: str, x: int, y: int) -> TileVersion | None:
+        """Clear a tile's active pointer, so it reads as missing; returns the version that was active.
+
+        Every version is kept: ``activate`` makes one active again. ``verify_store(repair=True)`` uses this
+        when no intact version of a tile is left, so the quadrant is generated again.
+        """
+        self._require_writable("deactivate a tile")
+        return self._deactivate(*check_key(layer, x, y))
+
     def _set_flags(self, x: int, y: int, update: FlagUpdate) -> QuadrantFlags:
+        self._require_writable("set flags")
         return self._commit_flags(*check_xy(x, y), check_flag_args(update))
 
     def active(self, layer: str, x: int, y: int) -> TileVersion | None:
         layer, x, y = check_key(layer, x, y)
         return self._fresh_index().active(layer, x, y)
+
+    def get_tile(self, layer: str, x: int, y: int) -> bytes | None:
+        """PNG bytes of the active version, checked; the error of a missing or corrupt blob names the tile."""
+        v = self.active(layer, x, y)
+        return None if v is None else self.read_version(v)
+
+    def read_version(self, v: TileVersion) -> bytes:
+        """The bytes of tile version ``v``, checked against its sha256; errors name the tile and version."""
+        what = f"tile {v.layer} ({v.x},{v.y}) version {v.version}{' (active)' if v.active else ''}"
+        found = self._read_blob_raw(check_sha(v.sha256))
+        if found is None:
+            raise StoreError(
+                f"{what}: its blob {v.sha256} is not found in {self._blobs_where()}. {_repair_hint(self.location)}"
+            )
+        where, data = found
+        actual = sha256_hex(data)
+        if actual != v.sha256:
+            raise CorruptBlobError(
+                f"{what} is corrupt: its blob {where} holds {len(data)} bytes whose sha256 is {actual}, not "
+                f"{v.sha256}. {_repair_hint(self.location)}",
+                sha256=v.sha256,
+                found_sha256=actual,
+                where=where,
+            )
+        return data
 
     def versions(self, layer: str, x: int, y: int) -> list[TileVersion]:
         layer, x, y = check_key(layer, x, y)
@@ -489,5 +769,58 @@ class IndexedTileStore(TileStore):
         check_flag_args(FlagUpdate(starred=starred, flagged=flagged, reference=reference))
         return self._fresh_index().list_flags(reference=reference, starred=starred, flagged=flagged)
 
+    # --- housekeeping -------------------------------------------------------------------------------
+    def _check_history(self) -> str:
+        """Whether the history the index can be rebuilt from is intact: "ok" or the problem (``verify``)."""
+        return "ok"
+
+    def checkpoint(self) -> dict[str, int]:
+        """Fold the index's write-ahead log into the index file and truncate it.
+
+        Call at the end of each pipeline run (and ``close()`` does it): the index file then holds every
+        commit by itself, which is what backups copy and what read-only readers of a directory they cannot
+        write can see. Returns SQLite's counts (``busy`` 1 when readers kept part of the log alive).
+        """
+        return self._index.checkpoint()
+
     def close(self) -> None:
+        if not self._index.read_only:
+            try:
+                self._index.checkpoint(timeout_s=1.0)
+            except StoreError as exc:  # closing must not fail: the WAL is folded in by the next checkpoint
+                log.warning("%s", exc)
         self._index.close()
+
+
+def put_op(p: PreparedWrite, version: int) -> dict[str, Any]:
+    """The recorded op (GCS log, local journal) that adds ``p`` as ``version`` of its tile."""
+    return {
+        "op": "put",
+        "layer": p.layer,
+        "x": p.x,
+        "y": p.y,
+        "version": version,
+        "sha256": p.sha256,
+        "provenance": p.provenance,
+    }
+
+
+def _describe_users(versions: list[TileVersion], total: int) -> str:
+    """'it is tile L (x,y) version v (active)[, ...]' for the tile versions stored in one blob."""
+    if not versions:
+        return (
+            "no tile version is stored in it (a template, model output or render buffer: storing that "
+            "content again repairs it)"
+        )
+    names = [
+        f"{v.layer} ({v.x},{v.y}) version {v.version}{' (active)' if v.active else ''}" for v in versions
+    ]
+    more = f" and {total - len(versions)} more" if total > len(versions) else ""
+    return f"it is tile {', '.join(names)}{more}"
+
+
+def _repair_hint(location: str) -> str:
+    return (
+        f"Run `isonyc store verify --repair --store {location}` to fall back to the newest intact version "
+        "(or clear the tile so that it is generated again)"
+    )

@@ -33,6 +33,9 @@ def geodata(context: dg.AssetExecutionContext, project: ProjectResource) -> dg.M
             "max_height_m": float(city.max_height_m),
             "synthetic": city.synthetic,
             "sources": dg.MetadataValue.json(list(city.sources)),
+            # Per source: counts (buildings, estimated / invalid / implausible heights, ...) and its warnings.
+            "read_reports": dg.MetadataValue.json(list(city.reports)),
+            "warnings": sum(len(r.get("warnings", [])) for r in city.reports),
             "attribution": city.attribution,
             "bounds": p.config.bounds,
             "quadrants": len(p.quadrants),

@@ -85,3 +85,18 @@ def write_viewer(
             shutil.copyfile(lic, dst / "LICENSE.txt")
             break
     return out / "index.html"
+
+
+#: What ``write_viewer`` installs, relative to the map directory.
+VIEWER_FILES = ("index.html", "viewer.js", "viewer.css", "openseadragon/openseadragon.min.js")
+
+
+def viewer_missing(out_dir: str | os.PathLike[str]) -> str | None:
+    """Which viewer file the map directory lacks (``None`` when complete, or when no viewer can be written
+    here because OpenSeadragon is not installed: then the map is the pyramid alone)."""
+    try:
+        find_openseadragon()
+    except ViewerError:
+        return None
+    missing = [f for f in VIEWER_FILES if not (Path(out_dir) / f).is_file()]
+    return f"the viewer lacks {', '.join(missing)}" if missing else None

@@ -1,0 +1,85 @@
+"""Run liveness: a run whose process is gone (kill -9, OOM, a power cut) is marked failed, never waited on.
+
+Dagster's run monitoring catches runs that never start, but the default run launcher cannot tell whether a
+started run's process still lives, and runs executed in process (``isonyc demo``) have no launcher at all. So every
+run records the process that executes it (host, pid and the pid's start time, which survives pid reuse): the
+driver passes these tags when it creates a run, and the project resource adds them when a run worker starts.
+``reap_dead_runs`` marks a queued or running run failed when its process on this host is gone, and tags it so
+the scheduler requests its work again at once instead of cooling down as after a real failure.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import dagster as dg
+
+HOST_TAG = "isonyc/host"
+PID_TAG = "isonyc/pid"
+PROC_START_TAG = "isonyc/pid_start"
+#: Set on a run that was marked failed because its process died (the work itself did not fail).
+DEAD_TAG = "isonyc/process_died"
+
+#: Statuses of a run that has not finished.
+UNFINISHED = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
+
+
+def _proc_start(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (``/proc/<pid>/stat`` field 22), or None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: fields after it follow the last ")".
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return fields[19] if len(fields) > 19 else None
+
+
+def process_tags() -> dict[str, str]:
+    """Tags that identify this process (host, pid, the pid's start time)."""
+    pid = os.getpid()
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(pid), PROC_START_TAG: _proc_start(pid) or ""}
+
+
+def process_alive(tags: dict[str, str]) -> bool | None:
+    """Whether the process a run recorded still lives; None when unknown (no tags, or another host)."""
+    if PID_TAG not in tags or tags.get(HOST_TAG) != socket.gethostname():
+        return None
+    try:
+        pid = int(tags[PID_TAG])
+    except ValueError:
+        return None
+    started = _proc_start(pid)
+    return started is not None and started == (tags.get(PROC_START_TAG) or started)
+
+
+def mark_run_process(instance: dg.DagsterInstance, run: dg.DagsterRun) -> None:
+    """Record on ``run`` the process executing it (once; a run worker started by a launcher calls this)."""
+    tags = process_tags()
+    if any(run.tags.get(k) != v for k, v in tags.items()):
+        instance.add_run_tags(run.run_id, tags)
+
+
+def reap_dead_runs(instance: dg.DagsterInstance, tags: dict[str, str] | None = None) -> list[str]:
+    """Mark failed every unfinished run (with ``tags``) whose process on this host is gone; their labels."""
+    reaped = []
+    for rec in instance.get_run_records(dg.RunsFilter(statuses=UNFINISHED, tags=tags or {})):
+        run = rec.dagster_run
+        if process_alive(run.tags) is not False:
+            continue
+        instance.add_run_tags(run.run_id, {DEAD_TAG: "1"})
+        instance.report_run_failed(
+            run,
+            f"the process that ran this run (pid {run.tags.get(PID_TAG)} on {run.tags.get(HOST_TAG)}) is gone: "
+            "killed or crashed; its partitions are requested again",
+        )
+        reaped.append(f"{run.job_name} {run.run_id[:8]}")
+    return reaped

@@ -33,3 +33,18 @@ def project_config(tmp: Path, x0: int, y0: int, x1: int, y1: int, **kw) -> Proje
         output_dir=str(tmp / "map"),
         **kw,
     )
+
+
+#: Every asset of the code location.
+ASSET_NAMES = {
+    "geodata",
+    "render",
+    "blocks",
+    "bridges_v",
+    "bridges_h",
+    "corners",
+    "generation",
+    "water_mask",
+    "dzi_pyramid",
+    "pmtiles_archive",
+}

@@ -15,7 +15,7 @@ from isonyc_dagster.defs.partitions import key2, parse_key2
 from isonyc_dagster.defs.sensors import STEP_ASSETS
 from isonyc_dagster.generate.plan import StepKind
 from isonyc_dagster.project import Project
-from tests.dagster_helpers import project_config
+from tests.dagster_helpers import ASSET_NAMES, project_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,18 +46,7 @@ def test_assets_partitions_and_jobs(tmp_path: Path) -> None:
     defs = build_definitions(cfg)
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
-    assert keys == {
-        "geodata",
-        "render",
-        "blocks",
-        "bridges_v",
-        "bridges_h",
-        "corners",
-        "generation",
-        "water_mask",
-        "dzi_pyramid",
-        "pmtiles_archive",
-    }
+    assert keys == ASSET_NAMES
     qp = graph.get(dg.AssetKey("render")).partitions_def
     assert isinstance(qp, dg.MultiPartitionsDefinition)
     assert len(qp.get_partition_keys()) == 9 * 6

@@ -160,6 +160,14 @@ def cmd_water(args: argparse.Namespace) -> int:
     return run_water_cli(args, _project_config(args))
 
 
+def _add_force(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "--force",
+        action="store_true",
+        help="accept bounds that do not overlap the map's city (config: force_bounds = true)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="isonyc", description="Isometric pixel-art NYC, orchestrated by Dagster."
@@ -181,11 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("bounds", help="the quadrants of the configured bounds (JSON)")
     s.add_argument("--keys", action="store_true", help="list every quadrant key")
-    s.add_argument(
-        "--force",
-        action="store_true",
-        help="accept bounds that do not overlap the map's city (config: force_bounds = true)",
-    )
+    _add_force(s)
     s.set_defaults(func=cmd_bounds)
 
     s = sub.add_parser("render", help="render one quadrant (or a 2×2 tile) of the whitebox model to PNG")
@@ -206,11 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", default=None, help="where the map (DZI + viewer) goes (default: the config's output_dir)"
     )
     s.add_argument("--port", type=port_number, default=8000, help="port suggested for `isonyc serve`")
-    s.add_argument(
-        "--force",
-        action="store_true",
-        help="accept bounds that do not overlap the map's city (config: force_bounds = true)",
-    )
+    _add_force(s)
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("serve", help="serve a built map directory on 127.0.0.1")

@@ -5,7 +5,8 @@ Two layers:
 - :func:`create_app` — a plain FastAPI app around any *pipeline* (a callable taking a PIL image, the
   validated request and the seed). It validates requests (base64, image format, size, steps and scale
   bounds) with clear 4xx errors, serialises GPU work, refuses to resize, and returns the seed it
-  used. Tests run it on 127.0.0.1 with a tiny fake pipeline: no GPU, no Modal account.
+  used. It takes PNG (lossless, what our client sends) and JPEG (what the original isometric.nyc client
+  sends: q90, RGB on white), converts either to RGB and says in ``input_lossy`` which it got. Tests run it on 127.0.0.1 with a tiny fake pipeline: no GPU, no Modal account.
 - The Modal deployment (``app`` / ``ImageEditor`` at the bottom), built only when this file is loaded by Modal
   (``modal deploy inference/server.py`` or inside the Modal container, where ``modal`` is already
   imported). ``modal``, ``torch`` and ``diffusers`` are imported only on that path. The container
@@ -13,9 +14,10 @@ Two layers:
 
 Protocol::
 
-    POST /edit_b64  {"image_b64": <PNG base64>, "prompt": str, "negative_prompt": str|null,
+    POST /edit_b64  {"image_b64": <PNG or JPEG base64>, "prompt": str, "negative_prompt": str|null,
                      "steps": 1..100, "true_cfg_scale": 0..20, "guidance_scale": 0..20, "seed": int|null}
-    200             {"image_b64": <PNG base64>, "seed": int, "model_id": str, "lora": str}
+    200             {"image_b64": <PNG base64>, "seed": int, "model_id": str, "lora": str,
+                     "input_format": "PNG"|"JPEG", "input_lossy": bool}
     GET  /health    {"status": "ok", "model_id": str, "lora": str}
 
 Deployment settings (read at deploy time, baked into the image; see inference/README.md):
@@ -54,7 +56,11 @@ SIDE_MULTIPLE = 16
 MAX_STEPS = 100
 #: base64 of a 2048² RGB PNG of noise is ~16 MB; anything bigger is not a template.
 MAX_B64_CHARS = 24 * 1024 * 1024
-ACCEPTED_FORMATS = ("PNG",)
+ACCEPTED_FORMATS = ("PNG", "JPEG")
+#: Accepted, but the template's pixels (the red border above all) are not exactly what was rendered.
+LOSSY_FORMATS = ("JPEG",)
+_PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+_JPEG_EOI = b"\xff\xd9"
 
 
 class EditRequest(BaseModel):
@@ -62,7 +68,9 @@ class EditRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    image_b64: str = Field(min_length=1, max_length=MAX_B64_CHARS, description="lossless PNG, base64")
+    image_b64: str = Field(
+        min_length=1, max_length=MAX_B64_CHARS, description="PNG (lossless) or JPEG, base64"
+    )
     prompt: str = Field(min_length=1, max_length=4000)
     negative_prompt: str | None = Field(default=None, max_length=4000)
     steps: int = Field(default=14, ge=1, le=MAX_STEPS)
@@ -76,6 +84,8 @@ class EditResponse(BaseModel):
     seed: int
     model_id: str
     lora: str
+    input_format: str  # the template's format as received
+    input_lossy: bool  # True for JPEG: the model saw a lossy copy of the template
 
 
 class EditPipeline(Protocol):
@@ -88,7 +98,8 @@ class EditPipeline(Protocol):
         """``image`` edited with ``req``'s prompt and parameters; ``seed`` replaces ``req.seed``."""
 
 
-def _decode_template(image_b64: str) -> Image.Image:
+def _decode_template(image_b64: str) -> tuple[Image.Image, str]:
+    """The template as RGB and its format; HTTPException with one clear line when it is unusable."""
     try:
         raw = base64.b64decode(image_b64, validate=True)
     except (binascii.Error, ValueError):
@@ -99,8 +110,11 @@ def _decode_template(image_b64: str) -> Image.Image:
         raise HTTPException(
             400, f"image_b64 does not decode to an image ({len(raw)} bytes); send a PNG"
         ) from None
-    if im.format not in ACCEPTED_FORMATS:
-        raise HTTPException(415, f"image is {im.format}; send a lossless PNG (JPEG blurs the red border)")
+    fmt = im.format or "?"
+    if fmt not in ACCEPTED_FORMATS:
+        raise HTTPException(
+            415, f"image is {fmt}; send a lossless PNG (JPEG is accepted too, but blurs the red border)"
+        )
     w, h = im.size
     if w > MAX_SIDE or h > MAX_SIDE:
         raise HTTPException(413, f"image is {w}×{h}; at most {MAX_SIDE}×{MAX_SIDE}")
@@ -110,11 +124,15 @@ def _decode_template(image_b64: str) -> Image.Image:
         raise HTTPException(
             400, f"image is {w}×{h}; both sides must be multiples of {SIDE_MULTIPLE} (no resizing here)"
         )
+    # Checked by hand too: PIL loads a truncated image when some library set LOAD_TRUNCATED_IMAGES.
+    end = _PNG_IEND if fmt == "PNG" else _JPEG_EOI
+    if not raw.rstrip(b"\x00").endswith(end):
+        raise HTTPException(400, f"image does not decode (truncated {fmt}: {len(raw)} bytes)")
     try:
         im.load()
-    except Exception as e:  # truncated or corrupt PNG
+    except Exception as e:  # truncated or corrupt image
         raise HTTPException(400, f"image does not decode ({type(e).__name__}: {e})") from None
-    return im.convert("RGB")
+    return im.convert("RGB"), fmt
 
 
 def create_app(pipeline: EditPipeline, *, title: str = "isonyc Qwen-Image-Edit + LoRA") -> FastAPI:
@@ -137,7 +155,8 @@ def create_app(pipeline: EditPipeline, *, title: str = "isonyc Qwen-Image-Edit +
     @app.post("/edit_b64", response_model=EditResponse)
     @app.post("/", response_model=EditResponse, include_in_schema=False)
     def edit_b64(req: EditRequest) -> EditResponse:
-        image = _decode_template(req.image_b64)
+        image, fmt = _decode_template(req.image_b64)
+        lossy = fmt in LOSSY_FORMATS
         seed = req.seed if req.seed is not None else secrets.randbelow(2**32)
         started = time.monotonic()
         with gpu_lock:
@@ -151,9 +170,10 @@ def create_app(pipeline: EditPipeline, *, title: str = "isonyc Qwen-Image-Edit +
         buf = io.BytesIO()
         out.convert("RGB").save(buf, format="PNG")
         log.info(
-            "edit_b64 %dx%d steps=%d seed=%d in %.2f s",
+            "edit_b64 %dx%d %s steps=%d seed=%d in %.2f s",
             image.width,
             image.height,
+            fmt + (" (lossy input)" if lossy else ""),
             req.steps,
             seed,
             time.monotonic() - started,
@@ -163,6 +183,8 @@ def create_app(pipeline: EditPipeline, *, title: str = "isonyc Qwen-Image-Edit +
             seed=seed,
             model_id=pipeline.model_id,
             lora=pipeline.lora,
+            input_format=fmt,
+            input_lossy=lossy,
         )
 
     return app

@@ -30,6 +30,7 @@ import contextlib
 import io
 import json
 import re
+import secrets
 import socket
 import threading
 import time
@@ -42,6 +43,7 @@ from typing import Any
 import httpx
 import numpy as np
 from PIL import Image
+from pydantic import BaseModel
 
 from isonyc_dagster.images import decode_rgb, png_bytes
 
@@ -480,6 +482,129 @@ class FakeVertex(_GoogleFake):
             },
             delay=self.delay if fault == "timeout" else 0.0,
         )
+
+
+# --------------------------------------------------------------------------------------------------
+# the original isometric.nyc edit_b64 server and client (interoperability), and a tiny pipeline for ours
+
+
+class TinyPipeline:
+    """Deterministic stand-in for Qwen-Image-Edit: repaints the red-outlined box, tinted by the seed.
+
+    The pipeline of ``inference.server.create_app`` (``req`` is its ``EditRequest``).
+    """
+
+    model_id = "tiny-edit@test"
+    lora = "tiny-lora@sha256:0000"
+
+    def __init__(self, *, wrong_size: bool = False) -> None:
+        self.calls: list[dict] = []
+        self.images: list[Image.Image] = []
+        self.wrong_size = wrong_size
+        self._active = 0
+        self.max_active = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, image: Image.Image, req: Any, seed: int) -> Image.Image:
+        with self._lock:
+            self._active += 1
+            self.max_active = max(self.max_active, self._active)
+        try:
+            self.calls.append(req.model_dump(exclude={"image_b64"}) | {"seed": seed})
+            self.images.append(image.copy())
+            out = Image.fromarray(decode_rgb(edit_template(png_bytes(np.asarray(image)), seed)))
+            return out.resize((image.width // 2, image.height // 2)) if self.wrong_size else out
+        finally:
+            with self._lock:
+                self._active -= 1
+
+
+def encode(arr_or_png: np.ndarray | bytes, fmt: str, **save: Any) -> bytes:
+    """An image (RGB array or PNG bytes) encoded as ``fmt`` with PIL's ``save`` options."""
+    im = (
+        Image.fromarray(arr_or_png)
+        if isinstance(arr_or_png, np.ndarray)
+        else Image.open(io.BytesIO(arr_or_png))
+    )
+    buf = io.BytesIO()
+    im.convert("RGB").save(buf, format=fmt, **save)
+    return buf.getvalue()
+
+
+class OriginalEditRequest(BaseModel):
+    """The original server's request model (module level: FastAPI resolves the annotation by name)."""
+
+    image_b64: str
+    prompt: str
+    negative_prompt: str | None = None
+    true_cfg_scale: float = 2.0
+    steps: int = 14
+    guidance_scale: float = 3.0
+    seed: int | None = None
+
+
+def original_server_app(*, output: str = "PNG") -> Any:
+    """The original isometric.nyc ``edit_b64`` server's wire format, as a FastAPI app, on a CPU "model".
+
+    Request ``{"image_b64", "prompt", "negative_prompt"=None, "true_cfg_scale"=2.0, "steps"=14,
+    "guidance_scale"=3.0, "seed"=None}`` (unknown fields ignored, pydantic's default); the input is
+    decoded and converted to RGB (any format PIL reads); the output has the input's size and is
+    answered as ``{"image_b64": <base64>}`` only: no seed (random when null), no model ids. ``output``
+    is the answer's format ("PNG", or "JPEG" for a server that answers lossy). Faults in ``app.state.faults``
+    ("wrong_size", "truncated") corrupt one answer each. ``app.state.calls`` records each request's seed
+    used and input format.
+    """
+    from fastapi import FastAPI
+
+    app = FastAPI()
+    app.state.calls = []
+    app.state.faults = deque()
+
+    @app.post("/edit_b64")
+    def edit_b64(req: OriginalEditRequest) -> dict[str, str]:
+        src = Image.open(io.BytesIO(base64.b64decode(req.image_b64)))
+        fmt = src.format
+        image = src.convert("RGB")
+        seed = req.seed if req.seed is not None else secrets.randbelow(2**32)
+        app.state.calls.append({"seed": seed, "input_format": fmt, "steps": req.steps, "prompt": req.prompt})
+        out = edit_template(png_bytes(np.asarray(image)), seed)
+        fault = app.state.faults.popleft() if app.state.faults else None
+        if fault == "wrong_size":
+            out = corrupt("wrong_size", out)
+        data = encode(out, "JPEG", quality=95) if output == "JPEG" else out
+        if fault == "truncated":
+            data = data[: len(data) // 2]
+        return {"image_b64": base64.b64encode(data).decode("ascii")}
+
+    return app
+
+
+def original_client_edit(
+    endpoint: str, template_png: bytes, prompt: str, *, negative_prompt: str | None = None
+) -> bytes:
+    """The original isometric.nyc client (``call_local_api_b64``): JPEG q90 of the template on white.
+
+    Flattens the template to RGB on a white background, encodes it as JPEG quality 90 (optimize),
+    posts ``{"image_b64", "prompt", "steps": 14, "negative_prompt"}`` with a 600 s timeout, and
+    returns the decoded ``image_b64`` of the answer (any other key is ignored).
+    """
+    im = Image.open(io.BytesIO(template_png)).convert("RGBA")
+    flat = Image.new("RGB", im.size, (255, 255, 255))
+    flat.paste(im, mask=im.getchannel("A"))
+    buf = io.BytesIO()
+    flat.save(buf, format="JPEG", quality=90, optimize=True)
+    payload = {
+        "image_b64": base64.b64encode(buf.getvalue()).decode("ascii"),
+        "prompt": prompt,
+        "steps": 14,
+        "negative_prompt": negative_prompt,
+    }
+    r = httpx.post(endpoint, json=payload, timeout=600)
+    r.raise_for_status()
+    data = r.json()
+    if "image_b64" not in data:
+        raise ValueError(f"no image_b64 in the response: {sorted(data)}")
+    return base64.b64decode(data["image_b64"])
 
 
 # --------------------------------------------------------------------------------------------------

@@ -67,6 +67,7 @@ def test_generates_lossless_with_full_provenance(api, template):
     p = res.provenance
     assert p["backend"] == "modal" and p["model_id"] == "fake-qwen" and p["lora"] == "fake-lora@v1"
     assert p["seed"] == 42 and p["attempts"] == 1 and p["latency_s"] > 0
+    assert p["seed_requested"] == 42 and p["seed_confirmed"] is True and p["lossy_output"] is False
     assert p["prompt_sha256"] == GenerationRequest(template).prompt_sha256
     assert_no_secret(repr(p), repr(b))
 

@@ -13,38 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from inference.server import EditRequest, QwenLoraPipeline, create_app
+from inference.server import QwenLoraPipeline, create_app
 from isonyc_dagster.backends.base import BackendError, GenerationRequest
 from isonyc_dagster.backends.modal import ModalBackend
 from isonyc_dagster.backends.transport import HttpSettings
-from isonyc_dagster.images import decode_rgb, png_bytes
-from tests.fake_apis import edit_template, make_template, serve_asgi
-
-
-class TinyPipeline:
-    """Deterministic stand-in for Qwen-Image-Edit: repaints the red-outlined box, tinted by the seed."""
-
-    model_id = "tiny-edit@test"
-    lora = "tiny-lora@sha256:0000"
-
-    def __init__(self, *, wrong_size: bool = False) -> None:
-        self.calls: list[dict] = []
-        self.wrong_size = wrong_size
-        self._active = 0
-        self.max_active = 0
-        self._lock = threading.Lock()
-
-    def __call__(self, image: Image.Image, req: EditRequest, seed: int) -> Image.Image:
-        with self._lock:
-            self._active += 1
-            self.max_active = max(self.max_active, self._active)
-        try:
-            self.calls.append(req.model_dump(exclude={"image_b64"}) | {"seed": seed})
-            out = Image.fromarray(decode_rgb(edit_template(png_bytes(np.asarray(image)), seed)))
-            return out.resize((image.width // 2, image.height // 2)) if self.wrong_size else out
-        finally:
-            with self._lock:
-                self._active -= 1
+from isonyc_dagster.images import png_bytes
+from tests.fake_apis import TinyPipeline, edit_template, encode, make_template, serve_asgi
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +35,10 @@ def server(pipeline):
 @pytest.fixture(scope="module")
 def template():
     return make_template(64)[0]
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
 
 
 def post(url: str, **body) -> httpx.Response:
@@ -83,9 +61,23 @@ def test_edit_roundtrip_lossless_with_seed(server, pipeline, template):
         and body["lora"] == "tiny-lora@sha256:0000"
     )
     assert base64.b64decode(body["image_b64"]) == edit_template(template, 77)
+    assert body["input_format"] == "PNG" and body["input_lossy"] is False
     assert pipeline.calls[-1] == dict(
         prompt="fill", negative_prompt="blur", steps=9, true_cfg_scale=2.0, guidance_scale=3.0, seed=77
     )
+
+
+def test_jpeg_template_is_accepted_as_rgb_and_marked_lossy(server, pipeline, template):
+    """What the original client sends: a JPEG (here of an L-mode image: converted to RGB for the model)."""
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(template)).convert("L").save(buf, format="JPEG", quality=90)
+    r = post(server, image_b64=b64(buf.getvalue()), seed=4)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["input_format"] == "JPEG" and body["input_lossy"] is True and body["seed"] == 4
+    assert pipeline.images[-1].mode == "RGB" and pipeline.images[-1].size == (64, 64)
+    out = Image.open(io.BytesIO(base64.b64decode(body["image_b64"])))
+    assert out.format == "PNG" and out.size == (64, 64)
 
 
 def test_random_seed_is_returned_and_reproduces(server, template):
@@ -95,21 +87,18 @@ def test_random_seed_is_returned_and_reproduces(server, template):
     assert again["image_b64"] == first["image_b64"]
 
 
-def _jpeg() -> str:
-    buf = io.BytesIO()
-    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(buf, format="JPEG")
-    return base64.b64encode(buf.getvalue()).decode()
-
-
 @pytest.mark.parametrize(
     ("body", "status", "message"),
     [
         ({"image_b64": "not base64 !!"}, 400, "image_b64 is not valid base64"),
         ({"image_b64": base64.b64encode(b"hello world").decode()}, 400, "does not decode to an image"),
-        ({"image_b64": "JPEG"}, 415, "send a lossless PNG"),
+        ({"image_b64": "BMP"}, 415, "image is BMP; send a lossless PNG"),
         ({"image_b64": "BIG"}, 413, "2064×64; at most 2048×2048"),
         ({"image_b64": "ODD"}, 400, "multiples of 16"),
         ({"image_b64": "TRUNC"}, 400, "does not decode"),
+        ({"image_b64": "JPEG_TRUNC"}, 400, "does not decode (truncated JPEG"),
+        ({"image_b64": "JPEG_BIG"}, 413, "2064×64; at most 2048×2048"),
+        ({"image_b64": "JPEG_ODD"}, 400, "multiples of 16"),
         ({"steps": 0}, 422, "steps: Input should be greater than or equal to 1"),
         ({"steps": 101}, 422, "steps: Input should be less than or equal to 100"),
         ({"true_cfg_scale": -1}, 422, "true_cfg_scale"),
@@ -119,8 +108,12 @@ def _jpeg() -> str:
     ],
 )
 def test_bad_requests_get_clear_4xx(server, template, body, status, message):
+    jpeg = encode(template, "JPEG", quality=90)
     special = {
-        "JPEG": _jpeg(),
+        "BMP": b64(encode(template, "BMP")),
+        "JPEG_TRUNC": b64(jpeg[: len(jpeg) // 2]),
+        "JPEG_BIG": b64(encode(np.zeros((64, 2064, 3), np.uint8), "JPEG")),
+        "JPEG_ODD": b64(encode(np.zeros((72, 70, 3), np.uint8), "JPEG")),
         "BIG": base64.b64encode(png_bytes(np.zeros((64, 2064, 3), np.uint8))).decode(),
         "ODD": base64.b64encode(png_bytes(np.zeros((72, 70, 3), np.uint8))).decode(),
         "TRUNC": base64.b64encode(template[: len(template) // 2]).decode(),
@@ -155,6 +148,7 @@ def test_modal_backend_end_to_end(server, template):
     assert res.image_png == edit_template(template, 5)
     p = res.provenance
     assert p["model_id"] == "tiny-edit@test" and p["lora"] == "tiny-lora@sha256:0000" and p["seed"] == 5
+    assert p["seed_confirmed"] is True and p["lossy_output"] is False and p["output_format"] == "PNG"
     # The server's 4xx reaches the client as a clear, non-retryable error (a 72×70 template).
     odd = png_bytes(np.zeros((70, 72, 3), np.uint8))
     with pytest.raises(BackendError, match="HTTP 400.*multiples of 16") as ei:

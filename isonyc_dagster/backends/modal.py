@@ -7,7 +7,17 @@ Wire format (lossless both ways; the original sent JPEG q90 and lost the red bor
     200               {"image_b64": <PNG>, "seed": <int>, "model_id"?: str, "lora"?: str}
 
 The client always picks the seed (when the request has none) so a retried attempt asks for the
-same sample and the seed is known even if the response is lost; the server must echo it.
+same sample and the seed is known even if the response is lost; our server echoes it, and an echo of
+another seed is an error.
+
+It also works with the original isometric.nyc server, which answers ``{"image_b64"}`` only:
+
+- no ``seed`` in the answer: the seed is *unknown* (provenance ``seed: None``, ``seed_confirmed: False``);
+  the seed we asked for is kept as ``seed_requested``. Nothing fails once the GPU has run.
+- no ``model_id``/``lora``: provenance has this backend's configured ``model_id`` and ``lora: None``.
+- a JPEG answer: decoded, checked like a PNG (exact template size, complete, opaque), stored as a
+  lossless PNG of the decoded pixels, with ``lossy_output: True`` in provenance.
+
 Optional Modal proxy auth: ``Modal-Key`` / ``Modal-Secret`` headers.
 """
 
@@ -31,14 +41,18 @@ DEFAULT_PROMPT = (
 
 
 class EditResponse(BaseModel):
-    """Strict schema of the server's answer."""
+    """Strict schema of the server's answer (``seed`` and the ids are absent from the original server's)."""
 
     model_config = ConfigDict(extra="ignore")
 
     image_b64: str = Field(min_length=1)
-    seed: int
+    seed: int | None = None
     model_id: str | None = None
     lora: str | None = None
+
+
+#: Answer formats accepted: our server's PNG, and the JPEG the original server may send (marked lossy).
+ACCEPTED_FORMATS = ("PNG", "JPEG")
 
 
 def new_seed() -> int:
@@ -109,13 +123,26 @@ class ModalBackend(RemoteBackend):
                 "POST", self.endpoint, what="edit_b64", json=payload, headers=headers
             )
             resp = transport.parse_model(EditResponse, data, what="edit_b64")
-            if resp.seed != seed:
+            if resp.seed is not None and resp.seed != seed:
                 raise AttemptError(
                     f"edit_b64: server used seed {resp.seed}, not the requested {seed}", transient=False
                 )
-            return checked_b64(resp.image_b64, expected_size=call.size, what="edit_b64 image"), resp
+            image = checked_b64(
+                resp.image_b64, expected_size=call.size, what="edit_b64 image", formats=ACCEPTED_FORMATS
+            )
+            return image, resp
 
         (image, resp), attempts = self.transport.call(attempt, what="edit_b64")
+        confirmed = resp.seed is not None
         return call.result(
-            image.png, seed=seed, attempts=attempts, model_id=resp.model_id, **self.sampling, lora=resp.lora
+            image.png,
+            seed=seed if confirmed else None,  # unknown unless the server says which seed it used
+            attempts=attempts,
+            model_id=resp.model_id,
+            **self.sampling,
+            lora=resp.lora,
+            seed_requested=seed,
+            seed_confirmed=confirmed,
+            output_format=image.source_format,
+            lossy_output=image.lossy,
         )

@@ -3,6 +3,10 @@
 A model image is used only if it is decodable, complete, exactly the expected size, in an allowed format
 and mode, fully opaque, and never resized (:func:`validate_image`); the remote backends wrap a failure as a
 retryable attempt error (:func:`checked`, :func:`checked_b64`), since a later sample may be fine.
+
+PNG is the only format accepted by default. A caller may also allow JPEG (the original isometric.nyc
+server's answers can be JPEG): it is decoded, checked the same way and re-encoded as a lossless PNG, and
+:attr:`CheckedImage.lossy` says that its pixels went through a lossy codec on the way.
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ from isonyc_dagster.errors import IsonycError
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+_JPEG_EOI = b"\xff\xd9"
+#: Formats whose pixels are not the model's exact pixels.
+LOSSY_FORMATS = frozenset({"JPEG"})
 #: Largest image we decode from a model: 4096² (a 1024² template is the production size).
 MAX_IMAGE_PIXELS = 4096 * 4096
 
@@ -35,6 +42,11 @@ class CheckedImage:
     size: tuple[int, int]
     source_format: str
     source_mode: str
+
+    @property
+    def lossy(self) -> bool:
+        """True when the image arrived in a lossy format (its PNG holds the decoded, not the model's, pixels)."""
+        return self.source_format in LOSSY_FORMATS
 
 
 def png_size(data: bytes, *, what: str = "image") -> tuple[int, int]:
@@ -53,8 +65,8 @@ def validate_image(
 ) -> CheckedImage:
     """Decode and check a model image; return it as a canonical RGB PNG. Never resizes.
 
-    Refuses: empty or non-image bytes, formats other than ``formats``, a PNG without its IEND chunk
-    (truncated), any decode error (CRC, premature end), a size other than ``expected_size``, more than
+    Refuses: empty or non-image bytes, formats other than ``formats``, a PNG without its IEND chunk or a
+    JPEG without its EOI marker (truncated), any decode error (CRC, premature end), a size other than ``expected_size``, more than
     :data:`MAX_IMAGE_PIXELS` pixels (checked from the header before decoding), modes other than
     RGB/RGBA/L/P, and any transparent pixel (a generated tile must be fully opaque).
     """
@@ -69,6 +81,8 @@ def validate_image(
         raise InvalidImage(f"{what} is {fmt}, expected {'/'.join(formats)}")
     if fmt == "PNG" and not data.rstrip(b"\x00").endswith(_PNG_IEND):
         raise InvalidImage(f"{what} is a truncated PNG (no IEND chunk; {len(data)} bytes)")
+    if fmt == "JPEG" and not data.rstrip(b"\x00").endswith(_JPEG_EOI):
+        raise InvalidImage(f"{what} is a truncated JPEG (no EOI marker; {len(data)} bytes)")
     w, h = im.size
     if w * h > MAX_IMAGE_PIXELS:
         raise InvalidImage(f"{what} is {w}×{h}, larger than the {MAX_IMAGE_PIXELS} pixel limit")

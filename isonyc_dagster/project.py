@@ -199,7 +199,7 @@ class Project:
     def store_render(self, x: int, y: int) -> tuple[TileVersion, RenderResult]:
         """Render quadrant (x, y) and store it: RGB as the ``render`` tile, the buffers as an npz blob."""
         from isonyc_dagster.geo.surfaces import PALETTE_VERSION
-        from isonyc_dagster.images import png_bytes
+        from isonyc_dagster.render import png_bytes
 
         renderer = self.renderer_at(x, y)
         res = renderer.render_quadrant(x, y)
@@ -212,9 +212,7 @@ class Project:
             "synthetic": renderer.city.synthetic,
             "buildings_drawn": int(res.stats.get("buildings_drawn", 0)),
         }
-        # zlib level 1: flat-colour renders compress nearly as well as at level 9 at a fraction of the time.
-        png = png_bytes(res.rgb, compress_level=1)
-        return self.store.put_tile(layers.RENDER, x, y, png, provenance), res
+        return self.store.put_tile(layers.RENDER, x, y, png_bytes(res.rgb), provenance), res
 
     @cached_property
     def renderer(self) -> Renderer:
@@ -271,7 +269,12 @@ def run_project_pilot(
         return renders[(x, y)]
 
     return run_pilot(
-        *(patch.x0, patch.y0, patch.w, patch.h, patch.k, patch.overlap_px),
+        patch.x0,
+        patch.y0,
+        patch.w,
+        patch.h,
+        patch.k,
+        patch.overlap_px,
         out_dir,
         backend,
         lambda x, y: render(x, y).rgb,

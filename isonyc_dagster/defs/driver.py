@@ -1,6 +1,6 @@
 """Run the wave scheduler to completion in this process (the demo and the tests use it).
 
-It evaluates exactly the sensor's logic (``sensors.wave_run_requests``) against a real Dagster instance and executes
+It evaluates exactly the sensor's logic (``sensors.plan_waves``) against a real Dagster instance and executes
 each requested run in process with the code location's own job, so every run, materialization, check and lineage
 edge lands in the instance that ``dagster dev`` shows afterwards.
 """
@@ -14,15 +14,7 @@ from dataclasses import dataclass, field
 import dagster as dg
 
 from isonyc_dagster.defs.runs import process_tags
-from isonyc_dagster.defs.sensors import (
-    ASSET_TAG,
-    RANGE_END,
-    RANGE_START,
-    map_staleness,
-    materialized,
-    wave_run_requests,
-)
-from isonyc_dagster.generate.waves import complete
+from isonyc_dagster.defs.sensors import ASSET_TAG, RANGE_END, RANGE_START, plan_waves
 from isonyc_dagster.project import Project
 
 
@@ -60,18 +52,16 @@ def drive(
     t0 = time.perf_counter()
     idle_rounds = 0
     for _ in range(max_rounds):
-        requests, summary = wave_run_requests(project, instance)
+        plan = plan_waves(project, instance)
+        requests, summary = plan.requests, plan.summary
         report.summary = summary
         if not requests:
-            # Nothing ready: either finished, or failed keys are cooling down before their retry.
-            if "gave up" in summary or idle_rounds * wait_s > 300:
+            # Nothing ready: finished, given up, or waiting on failed keys' cool-down or other processes' runs.
+            if plan.gave_up or idle_rounds * wait_s > 300:
                 break
-            if complete(project.plan, project.quadrants.keys, materialized(instance)):
-                stale = map_staleness(project)
-                if stale is None:
-                    report.complete = True
-                    break
-                report.summary = f"{summary}; the map is still stale: {stale}"
+            if plan.finished:
+                report.complete = True
+                break
             if echo and idle_rounds % 15 == 0:
                 echo(f"  waiting: {summary}")
             idle_rounds += 1

@@ -2,14 +2,16 @@
 
 Each tick it reads what is materialized and what is in flight from the Dagster instance (so it survives daemon
 restarts: it keeps no state of its own), asks ``waves.ready`` what may start now, and requests one run per rectangle
-of ready partitions per asset. Failed runs are retried with exponential cooldown, at most ``MAX_ATTEMPTS`` times.
-When everything is generated it refreshes the map (pyramid + PMTiles) once the generations are newer than it.
+of ready partitions per asset. Failed runs are retried with exponential cooldown, at most ``MAX_ATTEMPTS`` times;
+runs whose process died are marked failed and redone at once. When everything is generated it refreshes the map
+(pyramid + PMTiles) whenever the map does not show the store's active tiles.
 """
 
 import os
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
@@ -53,9 +55,6 @@ def build_jobs() -> list:
     for asset in STEP_ASSETS.values():
         jobs.append(dg.define_asset_job(job_name(asset), selection=[asset]))
     return jobs
-
-
-IN_FLIGHT = UNFINISHED
 
 
 def _run_keys(tags: dict[str, str]) -> set[tuple[int, int]]:
@@ -155,16 +154,35 @@ def _request(asset: str) -> dg.RunRequest:
     )
 
 
+@dataclass(frozen=True)
+class WavePlan:
+    """One evaluation of the scheduler."""
+
+    requests: list[dg.RunRequest]
+    #: One line: progress, failures, what it waits on, the map's state.
+    summary: str
+    #: Every quadrant, step and water mask is materialized and the map shows the store's active tiles.
+    finished: bool = False
+    #: Some partitions failed ``MAX_ATTEMPTS`` times and are no longer requested.
+    gave_up: bool = False
+
+
 def wave_run_requests(project: Project, instance: dg.DagsterInstance) -> tuple[list[dg.RunRequest], str]:
     """The runs to start now (at most ``max_runs_in_flight`` in flight), and a one-line summary of the state."""
+    plan = plan_waves(project, instance)
+    return plan.requests, plan.summary
+
+
+def plan_waves(project: Project, instance: dg.DagsterInstance) -> WavePlan:
+    """What the scheduler does now: the runs to start, and the state they leave."""
     reaped = reap_dead_runs(instance, {SCHEDULER_TAG: "wave"})
-    running = _scheduler_runs(instance, IN_FLIGHT)
+    running = _scheduler_runs(instance, UNFINISHED)
     running_assets = {r.dagster_run.tags.get(ASSET_TAG) for r in running}
     slots = max_runs_in_flight() - len(running)
     if instance.get_latest_materialization_event(dg.AssetKey(layers.GEODATA)) is None:
         if layers.GEODATA in running_assets:
-            return [], "waiting for geodata"
-        return [_request(layers.GEODATA)], "geodata not prepared yet"
+            return WavePlan([], "waiting for geodata")
+        return WavePlan([_request(layers.GEODATA)], "geodata not prepared yet")
     busy = in_flight(running)
     done = materialized(instance)
     blocked, given_up = cooling_down(instance)
@@ -186,9 +204,11 @@ def wave_run_requests(project: Project, instance: dg.DagsterInstance) -> tuple[l
         summary += f"; gave up after {MAX_ATTEMPTS} failures: {', '.join(given_up[:10])}"
     if reaped:
         summary += f"; marked failed (process gone): {', '.join(reaped[:10])}"
+    finished = False
     if not out and not running and complete(project.plan, project.quadrants.keys, done):
         stale = map_staleness(project)
         if stale is None:
+            finished = True
             summary += "; map up to date"
         elif _export_cooled_down(instance):
             summary += f"; refreshing the map: {stale}"
@@ -202,7 +222,7 @@ def wave_run_requests(project: Project, instance: dg.DagsterInstance) -> tuple[l
     if len(out) > max(slots, 0):
         summary += f"; {len(out) - max(slots, 0)} more run(s) wait for a free slot"
         out = out[: max(slots, 0)]
-    return out, summary
+    return WavePlan(out, summary, finished=finished, gave_up=bool(given_up))
 
 
 def map_staleness(project: Project) -> str | None:
@@ -240,10 +260,10 @@ def build_wave_scheduler(jobs: list) -> dg.SensorDefinition:
         "after its context exists), publishes quadrants, water masks, and refreshes the map.",
     )
     def wave_scheduler(context: dg.SensorEvaluationContext, project: ProjectResource) -> dg.SensorResult:
-        requests, summary = wave_run_requests(project.get(), context.instance)
-        context.log.info("%s; requesting %d run(s)", summary, len(requests))
+        plan = plan_waves(project.get(), context.instance)
+        context.log.info("%s; requesting %d run(s)", plan.summary, len(plan.requests))
         return dg.SensorResult(
-            run_requests=requests, skip_reason=None if requests else dg.SkipReason(summary)
+            run_requests=plan.requests, skip_reason=None if plan.requests else dg.SkipReason(plan.summary)
         )
 
     return wave_scheduler

@@ -151,6 +151,16 @@ class _Builder:
         self.skipped = 0
 
     # -- helpers
+    def base_hash(self, sha: str | None) -> str:
+        """Input hash of a full-resolution tile: the quadrant's active sha (or its absence)."""
+        t = self.layout.tile
+        return _h(self.params, "q", t, t, sha or "-")
+
+    def upper_hash(self, level: int, col: int, row: int, kids: Iterable[str | None]) -> str:
+        """Input hash of a lower-resolution tile: its size and its (up to four) children's hashes."""
+        w, hgt = self.layout.tile_size(level, col, row)
+        return _h(self.params, level, w, hgt, *(k or "-" for k in kids))
+
     def path(self, level: int, col: int, row: int) -> Path:
         return tile_path(self.files, level, col, row, self.fmt)
 
@@ -218,7 +228,7 @@ class _Builder:
         x, y = self.layout.quadrant_of(col, row)
         sha = self.sha_of(x, y)
         t = self.layout.tile
-        h = _h(self.params, "q", t, t, sha or "-")
+        h = self.base_hash(sha)
         if self._clean(h, old):
             with self._lock:
                 self.skipped += 1
@@ -253,7 +263,7 @@ class _Builder:
 
     def _upper(self, level: int, col: int, row: int, old: str | None, kids: list[_Node | None]) -> _Node:
         w, hgt = self.layout.tile_size(level, col, row)
-        h = _h(self.params, level, w, hgt, *(k.hash if k else "-" for k in kids))
+        h = self.upper_hash(level, col, row, (k.hash if k else None for k in kids))
         if self._clean(h, old):
             with self._lock:
                 self.skipped += 1
@@ -541,18 +551,16 @@ def pyramid_staleness(
 
         def expect(level: int, col: int, row: int) -> str:
             if level == layout.max_level:
-                sha = shas.get(layout.quadrant_of(col, row))
-                h = _h(b.params, "q", layout.tile, layout.tile, sha or "-")
+                h = b.base_hash(shas.get(layout.quadrant_of(col, row)))
             else:
                 kids = [
                     expect(level + 1, 2 * col + dx, 2 * row + dy)
                     if layout.contains(level + 1, 2 * col + dx, 2 * row + dy)
-                    else "-"
+                    else None
                     for dy in (0, 1)
                     for dx in (0, 1)
                 ]
-                w, hgt = layout.tile_size(level, col, row)
-                h = _h(b.params, level, w, hgt, *kids)
+                h = b.upper_hash(level, col, row, kids)
             expected[(level, col, row)] = h
             return h
 

@@ -64,7 +64,14 @@ from google.api_core import exceptions as gexc
 from google.cloud import storage
 
 from isonyc_dagster.store.base import FlagUpdate, QuadrantFlags, StoreError, TileVersion
-from isonyc_dagster.store.index import SCHEMA_VERSION, STATE_TABLES, IndexedTileStore, SqliteIndex, put_op
+from isonyc_dagster.store.index import (
+    SCHEMA_VERSION,
+    STATE_TABLES,
+    IndexedTileStore,
+    SqliteIndex,
+    move_index_aside,
+    put_op,
+)
 from isonyc_dagster.store.validate import PreparedWrite, check_sha, check_size
 
 log = logging.getLogger(__name__)
@@ -140,10 +147,7 @@ class GCSTileStore(IndexedTileStore):
         except StoreError:
             if not replica.exists():
                 raise
-            aside = replica.with_name(f"index.sqlite.damaged-{int(time.time())}")
-            for suffix in ("", "-wal", "-shm"):
-                with contextlib.suppress(FileNotFoundError):
-                    os.replace(f"{replica}{suffix}", f"{aside}{suffix}")
+            aside = move_index_aside(replica, "damaged")
             log.warning("index replica %s is unreadable; moved it to %s and rebuilding it", replica, aside)
             super().__init__(replica, **kw)
         with self._index.transaction() as c:

@@ -824,3 +824,16 @@ def _repair_hint(location: str) -> str:
         f"Run `isonyc store verify --repair --store {location}` to fall back to the newest intact version "
         "(or clear the tile so that it is generated again)"
     )
+
+
+def move_index_aside(index_path: Path, why: str) -> Path | None:
+    """Rename an SQLite index and its ``-wal``/``-shm`` out of the way (kept for inspection, never deleted);
+    returns the index's new path, or None when there was none."""
+    stamp = f"{why}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+    dest = index_path.with_name(f"{index_path.name}.{stamp}")
+    moved = None
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(f"{index_path}{suffix}", f"{dest}{suffix}")
+            moved = dest if suffix == "" else moved
+    return moved

@@ -40,7 +40,7 @@ from typing import Any
 
 from isonyc_dagster.fileio import atomic_write, fsync_dir
 from isonyc_dagster.store.base import FlagUpdate, QuadrantFlags, StoreError, TileVersion
-from isonyc_dagster.store.index import IndexedTileStore, SqliteIndex, ensure_dir, put_op
+from isonyc_dagster.store.index import IndexedTileStore, SqliteIndex, ensure_dir, move_index_aside, put_op
 from isonyc_dagster.store.journal import JOURNAL_NAME, Journal, Position, lost_index_error, set_position
 from isonyc_dagster.store.validate import PreparedWrite, check_sha
 
@@ -338,7 +338,7 @@ def rebuild_local_index(root: str | Path) -> dict[str, Any]:
             idx.checkpoint()
         finally:
             idx.close()
-        previous = _move_index_aside(index_path)
+        previous = move_index_aside(index_path, "replaced")
         os.replace(tmp, index_path)
         fsync_dir(root)
     finally:
@@ -355,16 +355,3 @@ def rebuild_local_index(root: str | Path) -> dict[str, Any]:
         "torn_tail_bytes_dropped": scan.size - scan.end,
         "previous_index": None if previous is None else str(previous),
     }
-
-
-def _move_index_aside(index_path: Path) -> Path | None:
-    """Rename an existing index and its ``-wal``/``-shm`` out of the way; returns the index's new path."""
-    stamp = f"replaced-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
-    dest = index_path.with_name(f"{index_path.name}.{stamp}")
-    moved = None
-    for suffix in ("", "-wal", "-shm"):
-        src = Path(f"{index_path}{suffix}")
-        if src.exists():
-            os.replace(src, Path(f"{dest}{suffix}"))
-            moved = dest if suffix == "" else moved
-    return moved

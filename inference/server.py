@@ -39,7 +39,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -203,13 +203,23 @@ def _file_sha256(path: Path) -> str:
 
 
 class QwenLoraPipeline:
-    """Qwen-Image-Edit (bf16, CUDA) with one LoRA adapter, which must load and be active."""
+    """Qwen-Image-Edit (bf16, CUDA when deployed) with one LoRA adapter, which must load and be active."""
 
     ADAPTER = "isometric"
 
     def __init__(
-        self, base_model: str, revision: str | None, lora_dir: Path, weight_name: str, cache_dir: str
+        self,
+        base_model: str,
+        revision: str | None,
+        lora_dir: Path,
+        weight_name: str,
+        cache_dir: str,
+        *,
+        pipe: Any = None,
+        device: str = "cuda",
     ) -> None:
+        """``pipe``: an already built ``QwenImageEditPipeline`` (the tests' tiny random one); None loads
+        ``base_model`` from the hub in bf16."""
         weights = lora_dir / weight_name
         if not weights.is_file():  # checked first: fail in seconds, before downloading the base model
             raise RuntimeError(
@@ -217,11 +227,13 @@ class QwenLoraPipeline:
                 "Refusing to serve the base model."
             )
         import torch
-        from diffusers import QwenImageEditPipeline
 
-        pipe = QwenImageEditPipeline.from_pretrained(
-            base_model, revision=revision, torch_dtype=torch.bfloat16, cache_dir=cache_dir
-        )
+        if pipe is None:
+            from diffusers import QwenImageEditPipeline
+
+            pipe = QwenImageEditPipeline.from_pretrained(
+                base_model, revision=revision, torch_dtype=torch.bfloat16, cache_dir=cache_dir
+            )
         # Any failure here propagates and the container fails to start: the original only printed it.
         pipe.load_lora_weights(str(lora_dir), weight_name=weight_name, adapter_name=self.ADAPTER)
         pipe.set_adapters([self.ADAPTER], adapter_weights=[1.0])
@@ -229,14 +241,15 @@ class QwenLoraPipeline:
             raise RuntimeError(
                 f"LoRA adapter {self.ADAPTER!r} did not become active; refusing to serve the base model"
             )
-        self.pipe = pipe.to("cuda")
+        self.pipe = pipe.to(device)
+        self.device = device
         self._torch = torch
         self.model_id = f"{base_model}@{revision or 'main'}"
         self.lora = f"{lora_dir.name}/{weight_name}@sha256:{_file_sha256(weights)[:16]}"
 
     def __call__(self, image: Image.Image, req: EditRequest, seed: int) -> Image.Image:
         torch = self._torch
-        generator = torch.Generator(device="cuda").manual_seed(seed)
+        generator = torch.Generator(device=self.device).manual_seed(seed)
         with torch.inference_mode():
             result = self.pipe(
                 image=image,

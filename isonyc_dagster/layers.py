@@ -10,6 +10,8 @@ from typing import Final
 
 GEODATA: Final = "geodata"
 RENDER: Final = "render"
+#: The photoreal render (3D tiles through the whitebox camera); an asset only when ``render_layer`` asks for it.
+PHOTOREAL: Final = "photoreal"
 GENERATION: Final = "generation"
 WATER_MASK: Final = "water_mask"
 DZI_PYRAMID: Final = "dzi_pyramid"
@@ -25,3 +27,12 @@ STEP_ASSETS: Final[dict[str, str]] = {
 
 #: Per-quadrant layers (partitioned by x × y).
 QUADRANT_LAYERS: Final = (RENDER, GENERATION, WATER_MASK)
+
+#: Derived layers (``derive.transforms``): the store layer and asset of each transform, derived from ``generation``.
+DERIVED_LAYERS: Final[dict[str, str]] = {"night": "layer_night", "snow": "layer_snow", "dark": "layer_dark"}
+#: The asset that publishes a pyramid per derived layer (``<map>_<layer>.dzi``).
+LAYER_PYRAMIDS: Final = "layer_pyramids"
+#: The map's learned colour palette (``generate.postprocess``): tile (0, 0), one row of colours.
+PALETTE: Final = "palette"
+#: Store layers of model-restyled maps (``generate.restyle``) are ``restyle_<name>``.
+RESTYLE_PREFIX: Final = "restyle_"

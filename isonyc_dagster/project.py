@@ -30,8 +30,12 @@ if TYPE_CHECKING:
     from isonyc_dagster.backends.base import ImageBackend
     from isonyc_dagster.generate.pilot import PilotPatch
     from isonyc_dagster.generate.plan import LatticePlan
+    from isonyc_dagster.generate.references import ReferenceSelector
+    from isonyc_dagster.generate.rules import StepRules
     from isonyc_dagster.generate.step import StepInputs
     from isonyc_dagster.geodata.model import City
+    from isonyc_dagster.photoreal import PhotorealRenderer
+    from isonyc_dagster.publish.clip import PublishSpec
     from isonyc_dagster.render import Renderer, RenderResult
     from isonyc_dagster.store.base import TileStore, TileVersion
 
@@ -82,6 +86,13 @@ class Project:
         from isonyc_dagster.generate.plan import LatticePlan
 
         return LatticePlan.from_quadrants(self.quadrants.keys)
+
+    @cached_property
+    def publish_spec(self) -> PublishSpec:
+        """How the published map is drawn: the ``[publish]`` clip and placeholders."""
+        from isonyc_dagster.publish.clip import publish_spec
+
+        return publish_spec(self.geometry, self.config.publish, self.bounds_lnglat)
 
     @cached_property
     def store(self) -> TileStore:
@@ -190,7 +201,31 @@ class Project:
         """Fresh per-run inputs of generation steps: stored renders inside the bounds, padding drawn on the fly."""
         from isonyc_dagster.generate.step import StepInputs
 
-        return StepInputs(self.store, stored=self.quadrants, render=self.render_quadrant)
+        # Photoreal pixels come only from the stored layer: a step over a quadrant without it fails fast. "both" keeps
+        # the whitebox infill and sends the photoreal window as a colour reference.
+        mode = self.config.render_layer
+        return StepInputs(
+            self.store,
+            stored=self.quadrants,
+            render=self.render_quadrant,
+            rgb_layer=layers.PHOTOREAL if mode == "photoreal" else layers.RENDER,
+            color_layer=layers.PHOTOREAL if mode == "both" else None,
+        )
+
+    @cached_property
+    def step_rules(self) -> StepRules:
+        """Per-step backend, model, prompts and preprocessing (``[[rules]]``, ``[backends.*]``, project prompt)."""
+        from isonyc_dagster.generate.rules import StepRules
+
+        return StepRules(self.config, self.geometry)
+
+    def reference_selector(self) -> ReferenceSelector:
+        """Fresh per run: style references from the store's ``reference`` quadrants, else ``anchors_dir``."""
+        from isonyc_dagster.generate.references import ReferenceSelector
+
+        return ReferenceSelector(
+            self.store, count=self.config.reference_count, anchors_dir=self.config.anchors_dir
+        )
 
     def render_quadrant(self, x: int, y: int) -> RenderResult:
         """Render quadrant (x, y) (identical whichever region's renderer draws it)."""
@@ -213,6 +248,45 @@ class Project:
             "buildings_drawn": int(res.stats.get("buildings_drawn", 0)),
         }
         return self.store.put_tile(layers.RENDER, x, y, png_bytes(res.rgb), provenance), res
+
+    def attribution(self) -> str | None:
+        """The published map's credit line: the geodata's, plus the 3D tiles' when the infill was photoreal."""
+        parts = [self.city().attribution]
+        if self.config.render_layer != "whitebox":
+            from isonyc_dagster.photoreal import source_attribution
+
+            parts.append(source_attribution(self.config.photoreal.tileset))
+        return " ".join(p for p in parts if p) or None
+
+    def photoreal_renderer(self, api_key: str | None = None, tileset: str | None = None) -> PhotorealRenderer:
+        """A photoreal renderer for this map (close it when done); ``api_key`` only for the 'google' tileset."""
+        from isonyc_dagster.photoreal import PhotorealRenderer, RenderSettings, TileCache, resolve_source
+
+        pc = self.config.photoreal
+        source = resolve_source(tileset or pc.tileset, api_key=api_key)
+        settings = RenderSettings(
+            ground_height_m=pc.ground_height_m,
+            error_target=pc.error_target_px,
+            timeout_s=pc.timeout_s,
+            retries=pc.retries,
+            pages=pc.pages,
+        )
+        cache_path = Path(self.config.cache_dir) / "photoreal" / "tiles.sqlite"
+        cache = TileCache(cache_path, pc.cache_max_mb << 20) if pc.cache_max_mb > 0 else None
+        return PhotorealRenderer(self.geometry, source, settings, cache=cache)
+
+    def store_photoreal(
+        self, renderer: PhotorealRenderer, keys: Sequence[tuple[int, int]]
+    ) -> list[tuple[TileVersion, dict]]:
+        """Render quadrants photoreal and store each as a ``photoreal`` tile. Only complete renders get here
+        (an incomplete one raises before anything is stored)."""
+        from isonyc_dagster.images import png_bytes
+
+        out = []
+        for (x, y), res in zip(keys, renderer.render_quadrants(list(keys)), strict=True):
+            prov = {"renderer": "photoreal", **res.provenance}
+            out.append((self.store.put_tile(layers.PHOTOREAL, x, y, png_bytes(res.rgb), prov), prov))
+        return out
 
     @cached_property
     def renderer(self) -> Renderer:
@@ -254,10 +328,12 @@ def run_project_pilot(
 ) -> dict[str, Any]:
     """Render the patch (and its left/top padding) from the project's geodata and run the pilot on it."""
     from isonyc_dagster.generate.pilot import run_pilot
+    from isonyc_dagster.generate.rules import StepRules
     from isonyc_dagster.geodata.load import load_city
     from isonyc_dagster.render import Renderer
 
     geometry = MapGeometry(config.map)
+    inputs = StepRules(config, geometry).defaults(backend.name).with_backend_default(backend)
     sources = list(geodata) if geodata is not None else config.geodata
     bbox = QuadRect(patch.x0 - 1, patch.y0 - 1, patch.x0 + patch.w - 1, patch.y0 + patch.h - 1)
     renderer = Renderer(load_city(geometry, sources, window=ground_window(geometry, bbox)), geometry)
@@ -279,6 +355,10 @@ def run_project_pilot(
         backend,
         lambda x, y: render(x, y).rgb,
         render_aux=lambda x, y: render(x, y).aux(),
-        prompt=config.prompt,
+        prompt=inputs.prompt or "",
+        negative_prompt=inputs.negative_prompt,
+        preprocess=inputs.preprocess,
+        # Style references come from the project's store (marked quadrants) or its anchors_dir.
+        references=Project(config).reference_selector() if backend.uses_style_refs else None,
         overwrite=overwrite,
     )

@@ -9,7 +9,12 @@ PY="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip uv
 extras=""
-[ "$mode" = "test" ] && extras="[test]"
+if [ "$mode" = "test" ]; then
+  # torch first, with pip: it takes the CPU wheel from this machine's disk (uv would download a multi-GB
+  # CUDA build); uv then sees torch==2.13.0 installed and adds only diffusers/transformers/peft (~1 GB in all).
+  .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
+  extras="[test,ml]"
+fi
 .venv/bin/uv pip install -q --python .venv/bin/python -e ".${extras}"
 if command -v npm >/dev/null 2>&1; then
   npm ci --no-audit --no-fund --loglevel=error

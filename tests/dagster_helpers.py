@@ -47,4 +47,6 @@ ASSET_NAMES = {
     "water_mask",
     "dzi_pyramid",
     "pmtiles_archive",
+    "published_map",
+    "style_pairs",
 }

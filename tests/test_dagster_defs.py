@@ -102,18 +102,19 @@ def test_step_without_context_fails_fast_and_generates_nothing(tmp_path: Path, i
         tags={"dagster/asset_partition_range_start": "0|0", "dagster/asset_partition_range_end": "5|5"},
     )
     assert render.success
-    # What a user opens in the UI for one quadrant of that range run: its own preview and provenance.
-    obs = [
-        r
-        for r in instance.fetch_observations(dg.AssetKey("render"), limit=100).records
-        if r.partition_key == "2|3"
-    ]
-    assert len(obs) == 1
-    md = obs[0].asset_observation.metadata
-    assert md["preview"].value.startswith("![render 2,3](data:image/png;base64,")
-    assert md["quadrant"].value == "2,3" and len(md["sha256"].value) == 64
-    mat = instance.fetch_materializations(dg.AssetKey("render"), limit=1).records[0].asset_materialization
-    assert "AssetObservation" in mat.metadata["per_partition"].value
+    # What a user opens in the UI for one quadrant of that range run: its own preview and provenance, on the
+    # partition's latest materialization (which also carries its own content hash as data version).
+    mat = (
+        instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("render"), asset_partitions=["2|3"]), limit=1
+        )
+        .records[0]
+        .asset_materialization
+    )
+    md = mat.metadata
+    assert md["preview"].value.startswith("![render 2|3](data:image/png;base64,")
+    assert md["quadrant"].value == "2|3" and len(md["sha256"].value) == 64
+    assert mat.tags["dagster/data_version"] == md["sha256"].value
     result = defs.resolve_job_def("bridges_v_job").execute_in_process(
         instance=instance, partition_key="0|0", raise_on_error=False
     )
@@ -121,6 +122,7 @@ def test_step_without_context_fails_fast_and_generates_nothing(tmp_path: Path, i
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     text = str(failure.step_failure_data.error)
     assert "context not ready, nothing was generated" in text and "(1, 0)" in text
+    assert "Run first: blocks[0|0], blocks[1|0]" in text  # the partitions to run first, as Dagster keys
     step = project.plan.step(StepKind.BRIDGE_V, (0, 0))
     assert all(project.store.active("generation", x, y) is None for x, y in step.quadrants)
     assert project.store.list_active("generation") == []

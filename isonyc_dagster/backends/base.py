@@ -37,6 +37,9 @@ class GenerationRequest:
     negative_prompt: str = ""
     seed: int | None = None  # None = backend picks one and reports it
     style_refs: tuple[bytes, ...] = ()  # optional PNG style references (e.g. a 2×2 reference tile)
+    #: Optional PNG of the template's window rendered photoreal (``render_layer = "both"``): Gemini and Vertex send
+    #: it as a "COLOR REFERENCE" image; the other backends ignore it.
+    color_ref: bytes | None = None
     #: Infill rectangle in template pixels (x0, y0, x1, y1), exclusive end. The red border is inside it.
     infill_box: tuple[int, int, int, int] | None = None
     #: World pixel of the template's top-left corner: lets deterministic backends align textures to the map.
@@ -64,6 +67,23 @@ class ImageBackend(abc.ABC):
 
     name: str = "abstract"
     model_id: str = ""
+    #: Whether the model takes style images (``GenerationRequest.style_refs``): steps select and send them only then.
+    uses_style_refs: bool = False
+
+    @property
+    def requires_style_ref(self) -> bool:
+        """Whether a request without a style reference is refused (steps then fail before any call)."""
+        return False
+
+    @property
+    def max_style_refs(self) -> int:
+        """How many style references the model gets (extra ones are not sent)."""
+        return 0
+
+    @property
+    def max_in_flight(self) -> int:
+        """How many ``generate`` calls may usefully run at once (a step run keeps that many in flight)."""
+        return 1
 
     @abc.abstractmethod
     def generate(self, request: GenerationRequest) -> GenerationResult: ...

@@ -156,6 +156,11 @@ class ContentOptions:
                 {"text": label},
                 {"inline_data": {"mime_type": "image/png", "data": transport.b64(ref)}},
             ]
+        if request.color_ref:
+            parts += [
+                {"text": "COLOR REFERENCE (photoreal render of Image A's area; use its colours):"},
+                {"inline_data": {"mime_type": "image/png", "data": transport.b64(request.color_ref)}},
+            ]
         image_config: dict[str, Any] = {"aspectRatio": aspect_ratio(size, backend=backend)}
         if self.image_size:
             image_config["imageSize"] = self.image_size
@@ -195,7 +200,22 @@ class ContentOptions:
         return image, resp.model_version
 
 
-class GeminiBackend(RemoteBackend):
+class ContentStyleRefs:
+    """The style-reference policy of a backend that builds Gemini content (the Gemini API and Vertex AI)."""
+
+    uses_style_refs = True
+    content: ContentOptions
+
+    @property
+    def requires_style_ref(self) -> bool:
+        return self.content.require_style_ref
+
+    @property
+    def max_style_refs(self) -> int:
+        return self.content.max_style_refs
+
+
+class GeminiBackend(ContentStyleRefs, RemoteBackend):
     """Gemini API (AI Studio key) image generation from template + one 2×2 style reference tile."""
 
     name = "gemini"
@@ -209,7 +229,7 @@ class GeminiBackend(RemoteBackend):
         api_version: str = "v1beta",
         default_prompt: str = DEFAULT_PROMPT,
         image_size: str | None = "1K",
-        max_style_refs: int = 1,
+        max_style_refs: int = 2,
         require_style_ref: bool = True,
         accept_formats: tuple[str, ...] = ("PNG", "JPEG", "WEBP"),
         http: HttpSettings | None = None,

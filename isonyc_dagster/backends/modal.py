@@ -19,11 +19,20 @@ It also works with the original isometric.nyc server, which answers ``{"image_b6
   lossless PNG of the decoded pixels, with ``lossy_output: True`` in provenance.
 
 Optional Modal proxy auth: ``Modal-Key`` / ``Modal-Secret`` headers.
+
+Several endpoints (e.g. one deployment per GPU, or per region): ``endpoint`` may be a list of URLs (or
+one string of comma-separated URLs). Each attempt goes to the least busy endpoint with a free slot,
+at most ``endpoint_concurrency`` requests in flight per endpoint (2 keeps one GPU fed: one request
+runs while the next waits); ``max_concurrency`` (:class:`HttpSettings`) still caps the total.
 """
 
 from __future__ import annotations
 
+import contextlib
 import secrets
+import threading
+import time
+from collections.abc import Iterator, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
@@ -59,6 +68,57 @@ def new_seed() -> int:
     return secrets.randbelow(2**31 - 1)
 
 
+class EndpointPool:
+    """Copies of one ``edit_b64`` app: hands out the least busy endpoint that has a free slot (thread-safe).
+
+    Ties go to the endpoint that started a request longest ago, so idle endpoints take turns.
+    ``per_endpoint`` None: no limit per endpoint (the transport's ``max_concurrency`` is the only one).
+    """
+
+    def __init__(self, urls: Sequence[str], per_endpoint: int | None) -> None:
+        self.urls = list(urls)
+        self.per_endpoint = per_endpoint
+        self.in_flight = [0] * len(self.urls)
+        self._started = [0.0] * len(self.urls)
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[str]:
+        """Hold one slot of the chosen endpoint while a request to it is in flight; yields its URL."""
+        with self._cond:
+            while True:
+                free = [
+                    i
+                    for i, n in enumerate(self.in_flight)
+                    if self.per_endpoint is None or n < self.per_endpoint
+                ]
+                if free:
+                    break
+                self._cond.wait()
+            i = min(free, key=lambda j: (self.in_flight[j], self._started[j]))
+            self.in_flight[i] += 1
+            self._started[i] = time.monotonic()
+        try:
+            yield self.urls[i]
+        finally:
+            with self._cond:
+                self.in_flight[i] -= 1
+                self._cond.notify()
+
+
+def endpoint_list(endpoint: str | Sequence[str]) -> list[str]:
+    """``endpoint`` as a list of URLs (a string may hold several, comma- or space-separated)."""
+    urls = endpoint.replace(",", " ").split() if isinstance(endpoint, str) else list(endpoint)
+    if not urls:
+        raise BackendConfigError("modal endpoint is empty: give the URL of the edit_b64 endpoint")
+    for url in urls:
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise BackendConfigError(
+                f"modal endpoint must be an http(s) URL of the edit_b64 endpoint, got {url!r}"
+            )
+    return urls
+
+
 class ModalBackend(RemoteBackend):
     """Client of the ``edit_b64`` endpoint served by ``inference/server.py`` on Modal."""
 
@@ -66,7 +126,7 @@ class ModalBackend(RemoteBackend):
 
     def __init__(
         self,
-        endpoint: str,
+        endpoint: str | Sequence[str],
         *,
         token_id: str | None = None,
         token_secret: str | None = None,
@@ -76,24 +136,31 @@ class ModalBackend(RemoteBackend):
         guidance_scale: float = 3.0,
         default_prompt: str = DEFAULT_PROMPT,
         http: HttpSettings | None = None,
+        endpoint_concurrency: int | None = None,
     ) -> None:
-        if not endpoint.startswith(("http://", "https://")):
-            raise BackendConfigError(
-                f"modal endpoint must be an http(s) URL of the edit_b64 endpoint, got {endpoint!r}"
-            )
+        urls = endpoint_list(endpoint)
+        if endpoint_concurrency is not None and endpoint_concurrency < 1:
+            raise BackendConfigError(f"modal endpoint_concurrency must be ≥ 1, got {endpoint_concurrency}")
         if (token_id is None) != (token_secret is None):
             raise BackendConfigError(
                 "modal proxy auth needs both token_id (Modal-Key) and token_secret (Modal-Secret), or neither"
             )
         if not 1 <= steps <= 100:
             raise BackendConfigError(f"modal steps must be within 1..100, got {steps}")
-        self.endpoint = endpoint
+        self.endpoint = urls[0] if len(urls) == 1 else ",".join(urls)
+        self.endpoints = EndpointPool(urls, endpoint_concurrency)
         self.default_prompt = default_prompt
         #: Sent with every request as they are, and recorded in provenance.
         self.sampling = {"steps": steps, "true_cfg_scale": true_cfg_scale, "guidance_scale": guidance_scale}
         self._token_id = SecretStr(token_id) if token_id else None
         self._token_secret = SecretStr(token_secret) if token_secret else None
         super().__init__(model_id=model_id, http=http, secrets=[token_id, token_secret])
+
+    @property
+    def max_in_flight(self) -> int:
+        per = self.endpoints.per_endpoint
+        total = self.transport.settings.max_concurrency
+        return total if per is None else min(total, per * len(self.endpoints.urls))
 
     def __repr__(self) -> str:
         auth = "proxy-auth" if self._token_id else "no-auth"
@@ -119,9 +186,10 @@ class ModalBackend(RemoteBackend):
         headers = self._headers()
 
         def attempt() -> tuple[CheckedImage, EditResponse]:
-            data = self.transport.request_json(
-                "POST", self.endpoint, what="edit_b64", json=payload, headers=headers
-            )
+            with self.endpoints.slot() as url:
+                data = self.transport.request_json(
+                    "POST", url, what="edit_b64", json=payload, headers=headers
+                )
             resp = transport.parse_model(EditResponse, data, what="edit_b64")
             if resp.seed is not None and resp.seed != seed:
                 raise AttemptError(

@@ -23,7 +23,7 @@ BACKENDS: dict[str, tuple[str, str]] = {
 #: backend's own parameter names.
 SETTING_ALIASES: dict[str, dict[str, str]] = {
     # Modal proxy auth: token id → Modal-Key, token secret → Modal-Secret
-    "modal": {"url": "endpoint", "api_key": "token_id", "auth_secret": "token_secret"},
+    "modal": {"url": "endpoint", "api_key": "token_id", "auth_secret": "token_secret", "model": "model_id"},
     "oxen": {"url": "base_url"},
     "gemini": {"url": "base_url"},
     "vertex": {"url": "endpoint"},

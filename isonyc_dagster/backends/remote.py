@@ -26,6 +26,10 @@ class RemoteBackend(ImageBackend):
         self.model_id = model_id
         self.transport = ResilientTransport(self.name, http or HttpSettings(), secrets=secrets)
 
+    @property
+    def max_in_flight(self) -> int:
+        return self.transport.settings.max_concurrency
+
     def _begin(self, request: GenerationRequest) -> Generation:
         """Start timing ``request``; its template must be a PNG, whose size the answer must have."""
         start = time.monotonic()

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from isonyc_dagster.backends import transport
 from isonyc_dagster.backends.base import BackendConfigError, BackendError, GenerationRequest, GenerationResult
 from isonyc_dagster.backends.gemini import DEFAULT_PROMPT as GEMINI_PROMPT
-from isonyc_dagster.backends.gemini import ContentOptions
+from isonyc_dagster.backends.gemini import ContentOptions, ContentStyleRefs
 from isonyc_dagster.backends.modal import DEFAULT_PROMPT as INFILL_PROMPT
 from isonyc_dagster.backends.modal import new_seed
 from isonyc_dagster.backends.remote import RemoteBackend
@@ -75,7 +75,7 @@ def infill_mask_png(size: tuple[int, int], box: tuple[int, int, int, int]) -> by
     return png_bytes(mask)
 
 
-class VertexBackend(RemoteBackend):
+class VertexBackend(ContentStyleRefs, RemoteBackend):
     """Vertex AI (Gemini image or Imagen edit models) with 429 fallback to a second model."""
 
     name = "vertex"
@@ -95,7 +95,7 @@ class VertexBackend(RemoteBackend):
         default_prompt: str | None = None,
         image_size: str | None = None,
         require_style_ref: bool = False,
-        max_style_refs: int = 1,
+        max_style_refs: int = 2,
         accept_formats: tuple[str, ...] = ("PNG", "JPEG", "WEBP"),
         http: HttpSettings | None = None,
     ) -> None:

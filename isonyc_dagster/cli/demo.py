@@ -39,6 +39,7 @@ def run_demo(
     port: int = 8000,
     *,
     force_bounds: bool = False,
+    derived_layers: list[str] | None = None,
 ) -> int:
     import dagster as dg
 
@@ -53,6 +54,8 @@ def run_demo(
         config = config.model_copy(update={"output_dir": str(out_dir)})
     if force_bounds:
         config = config.model_copy(update={"force_bounds": True})
+    if derived_layers is not None:
+        config = config.model_copy(update={"derived_layers": derived_layers})
     project = Project(config)
     home = ensure_dagster_home(Path("data/dagster_home"))
     echo = print
@@ -66,6 +69,12 @@ def run_demo(
     defs = build_definitions(config)
     with dg.DagsterInstance.get() as instance:
         report = drive(defs, project, instance, echo=echo)
+        if report.complete and config.derived_layers:
+            from isonyc_dagster.defs.assets.derived import materialize_derived
+
+            for label, ok in materialize_derived(defs, project, instance, list(config.derived_layers)):
+                echo(f"  {'ok ' if ok else 'FAILED'} {label}")
+                report.complete &= ok
     dt = time.perf_counter() - t0
     if not report.complete:
         print(f"isonyc demo: stopped before the map was complete: {report.summary}", file=sys.stderr)

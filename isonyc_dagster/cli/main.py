@@ -14,7 +14,12 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
+from isonyc_dagster.cli import operate as operate_cli
+from isonyc_dagster.cli import publish as publish_cli
+from isonyc_dagster.cli import reference as reference_cli
 from isonyc_dagster.cli import store as store_cli
+from isonyc_dagster.cli import style as style_cli
+from isonyc_dagster.cli import tileset as tileset_cli
 from isonyc_dagster.errors import IsonycError
 from isonyc_dagster.geo.config import ProjectConfig, load_project_config
 from isonyc_dagster.publish.serve import DEFAULT_IDLE_TIMEOUT_S
@@ -34,6 +39,16 @@ def _project_config(args: argparse.Namespace) -> ProjectConfig:
 def _print_json(obj: object) -> None:
     # allow_nan=False: a NaN or Infinity would print as a token no JSON parser accepts; fail loudly instead.
     print(json.dumps(obj, indent=2, allow_nan=False))
+
+
+def layer_names(text: str) -> list[str]:
+    """argparse type: comma-separated derived layer names (night, snow, dark)."""
+    from isonyc_dagster.derive.transforms import DeriveError, parse_layer_names
+
+    try:
+        return parse_layer_names(text)
+    except DeriveError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def port_number(text: str) -> int:
@@ -104,6 +119,8 @@ def cmd_render(args: argparse.Namespace) -> int:
     n = 2 if args.tile else 1
     geometry.check_quadrant(args.x, args.y)
     geometry.check_quadrant(args.x + n - 1, args.y + n - 1)
+    if args.layer == "photoreal":
+        return _render_photoreal(args, cfg)
     bbox = (args.x, args.y, args.x + n - 1, args.y + n - 1)
     sources = args.geodata if args.geodata is not None else cfg.geodata
     city = load_city(geometry, sources, window=ground_window(geometry, bbox))
@@ -125,6 +142,26 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _render_photoreal(args: argparse.Namespace, cfg: ProjectConfig) -> int:
+    """``isonyc render --layer photoreal``: the 3D tileset through the whitebox camera (key from the env)."""
+    import os
+
+    from isonyc_dagster.images import png_bytes
+    from isonyc_dagster.photoreal import GOOGLE_KEY_ENV
+    from isonyc_dagster.project import Project
+
+    project = Project(cfg)
+    with project.photoreal_renderer(api_key=os.environ.get(GOOGLE_KEY_ENV), tileset=args.tileset) as r:
+        res = r.render_tile(args.x, args.y) if args.tile else r.render_quadrant(args.x, args.y)
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(png_bytes(res.rgb))
+    p = res.provenance
+    keep = ("source", "attribution", "error_target_px", "attempts", "timings_ms", "tiles")
+    _print_json({"output": str(out), "size": list(res.rgb.shape[1::-1]), **{k: p[k] for k in keep}})
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from isonyc_dagster.cli.demo import run_demo
 
@@ -133,6 +170,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         config_path=args.config,
         port=args.port,
         force_bounds=args.force,
+        derived_layers=args.layers,
     )
 
 
@@ -192,7 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_force(s)
     s.set_defaults(func=cmd_bounds)
 
-    s = sub.add_parser("render", help="render one quadrant (or a 2×2 tile) of the whitebox model to PNG")
+    s = sub.add_parser(
+        "render", help="render one quadrant (or a 2×2 tile) of the whitebox or photoreal layer to PNG"
+    )
     s.add_argument("x", type=int)
     s.add_argument("y", type=int)
     s.add_argument("-o", "--output", required=True, help="output PNG")
@@ -203,6 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--tile", action="store_true", help="render the 2×2 tile whose top-left quadrant is (X, Y)"
     )
+    s.add_argument(
+        "--layer", choices=("whitebox", "photoreal"), default="whitebox", help="which render layer"
+    )
+    s.add_argument("--tileset", help="photoreal: 'google' or a 3D Tiles tileset.json URL (default: config)")
     s.set_defaults(func=cmd_render)
 
     s = sub.add_parser("demo", help="run the whole pipeline on the configured area through Dagster, offline")
@@ -210,6 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", default=None, help="where the map (DZI + viewer) goes (default: the config's output_dir)"
     )
     s.add_argument("--port", type=port_number, default=8000, help="port suggested for `isonyc serve`")
+    s.add_argument(
+        "--layers",
+        type=layer_names,
+        default=None,
+        help="derived layers to build offline after the map, comma-separated: night,snow,dark "
+        "(default: the config's derived_layers)",
+    )
     _add_force(s)
     s.set_defaults(func=cmd_demo)
 
@@ -257,6 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--softness", type=float, default=30.0)
     w.set_defaults(func=cmd_water)
     store_cli.add_parser(sub)
+    operate_cli.add_parser(sub)
+    tileset_cli.add_parser(sub)
+    reference_cli.add_parser(sub)
+    publish_cli.add_parser(sub)
+    style_cli.add_parser(sub)
     return p
 
 

@@ -11,10 +11,10 @@ from isonyc_dagster.project import run_project_pilot
 
 
 def run_pilot_cli(args: argparse.Namespace, config: ProjectConfig) -> int:
-    from isonyc_dagster.defs.resources import generator_resource
+    from isonyc_dagster.defs.resources import generator_resource, project_style
 
     name = "pixelart" if args.backend == "local" else args.backend
-    backend = generator_resource(name, resolve_env=True).build(config.map)
+    backend = generator_resource(name, resolve_env=True, style=project_style(config)).build(config.map)
     try:
         patch = PilotPatch(args.x0, args.y0, args.w, args.h, args.k, args.overlap_px)
         report = run_project_pilot(config, backend, patch, args.out, geodata=args.geodata)

@@ -10,18 +10,27 @@ import warnings
 import dagster as dg
 
 from isonyc_dagster import layers
+from isonyc_dagster.defs.assets.derived import build_derived_defs
 from isonyc_dagster.defs.assets.generation import build_generation_asset
 from isonyc_dagster.defs.assets.geodata import geodata
-from isonyc_dagster.defs.assets.publish import build_export_assets
+from isonyc_dagster.defs.assets.photoreal import build_photoreal_defs
+from isonyc_dagster.defs.assets.publish import build_export_assets, build_publish_job
 from isonyc_dagster.defs.assets.render import build_render_asset
+from isonyc_dagster.defs.assets.restyle import build_restyle_assets
 from isonyc_dagster.defs.assets.steps import STEP_ASSET_NAMES, build_step_asset
+from isonyc_dagster.defs.assets.style import style_pairs
 from isonyc_dagster.defs.assets.water import build_water_asset
 from isonyc_dagster.defs.jobs import seam_pilot_job
 from isonyc_dagster.defs.partitions import LatticeMappings, cell_partitions, quadrant_partitions
-from isonyc_dagster.defs.resources import GeneratorResource, ProjectResource, generator_resource
+from isonyc_dagster.defs.resources import (
+    GeneratorResource,
+    ProjectResource,
+    generator_resource,
+    project_style,
+)
 from isonyc_dagster.defs.sensors import build_jobs, build_wave_scheduler
 from isonyc_dagster.generate.plan import StepKind
-from isonyc_dagster.generate.seams import DEFAULT_THRESHOLD
+from isonyc_dagster.generate.seams import QA_THRESHOLD
 from isonyc_dagster.geo.config import ProjectConfig
 from isonyc_dagster.project import Project
 
@@ -36,27 +45,41 @@ def build_definitions(config: ProjectConfig, *, generator: GeneratorResource | N
     maps = LatticeMappings(project.plan, project.quadrants)
 
     render = build_render_asset(qp)
+    # The photoreal layer exists only where the project's infill uses it (the default graph is unchanged).
+    photoreal, photoreal_jobs, photoreal_resources = build_photoreal_defs(config, qp)
     steps = []
     for kind in StepKind:
         deps = [dg.AssetDep(layers.RENDER, partition_mapping=maps.quadrant_to_step(kind))]
+        deps += [
+            dg.AssetDep(layers.PHOTOREAL, partition_mapping=maps.quadrant_to_step(kind)) for _ in photoreal
+        ]
         for up_kind, dx, dy in LatticeMappings.CONTEXT[kind]:
             deps.append(dg.AssetDep(STEP_ASSET_NAMES[up_kind], partition_mapping=maps.step_to_step(dx, dy)))
         steps.append(build_step_asset(kind, cp, deps))
     generation = build_generation_asset(
         qp,
         [dg.AssetDep(STEP_ASSET_NAMES[k], partition_mapping=maps.step_to_quadrant(k)) for k in StepKind],
-        seam_threshold=DEFAULT_THRESHOLD,
+        seam_threshold=QA_THRESHOLD,
     )
     water = build_water_asset(qp)
     exports = build_export_assets()
+    restyled, restyle_jobs = [], []
+    for name, prompt in config.restyle.items():
+        assets, more_jobs = build_restyle_assets(name, prompt, cp, maps)
+        restyled, restyle_jobs = restyled + assets, restyle_jobs + more_jobs
+    derived, derived_jobs = build_derived_defs(list(config.derived_layers), qp, restyled)
+    derived, derived_jobs = derived + restyled, derived_jobs + restyle_jobs
     jobs = build_jobs()
+    publish_job, publish_schedule = build_publish_job()
     return dg.Definitions(
-        assets=[geodata, render, *steps, generation, water, *exports],
-        jobs=[*jobs, seam_pilot_job],
-        sensors=[build_wave_scheduler(jobs)],
+        assets=[geodata, render, *photoreal, *steps, generation, water, *exports, *derived, style_pairs],
+        jobs=[*jobs, seam_pilot_job, *derived_jobs, publish_job, *photoreal_jobs],
+        schedules=[publish_schedule],
+        sensors=[build_wave_scheduler([*jobs, *derived_jobs, *photoreal_jobs])],
         resources={
             "project": ProjectResource.for_config(config),
-            "generator": generator or generator_resource(config.backend),
+            "generator": generator or generator_resource(config.backend, style=project_style(config)),
+            **photoreal_resources,
         },
         executor=dg.in_process_executor,
     )

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import dagster as dg
 
 from isonyc_dagster.defs.runs import process_tags
-from isonyc_dagster.defs.sensors import ASSET_TAG, RANGE_END, RANGE_START, plan_waves
+from isonyc_dagster.defs.sensors import ASSET_TAG, RANGE_END, RANGE_START, STEP_ASSETS, plan_waves
 from isonyc_dagster.project import Project
 
 
@@ -36,6 +36,10 @@ def _label(req: dg.RunRequest) -> str:
     if req.partition_key:
         return f"{tags.get(ASSET_TAG)}[{req.partition_key}]"
     return str(req.job_name)
+
+
+def _feeds_model(req: dg.RunRequest) -> bool:
+    return (req.tags or {}).get(ASSET_TAG) in STEP_ASSETS.values()
 
 
 def drive(
@@ -68,7 +72,7 @@ def drive(
             time.sleep(wait_s)
             continue
         idle_rounds = 0
-        for req in requests:
+        for i, req in enumerate(requests):
             label = _label(req)
             t = time.perf_counter()
             job = defs.resolve_job_def(req.job_name)
@@ -99,5 +103,9 @@ def drive(
             )
             if echo:
                 echo(f"  {'ok ' if ok else 'FAILED'} {label:<44} {dt:6.1f}s   ({summary})")
+            # Runs execute one at a time here: after a step run, plan again before a run that calls no model
+            # (water masks, publishing), so the next wave's steps go first and the model endpoints do not wait.
+            if _feeds_model(req) and i + 1 < len(requests) and not _feeds_model(requests[i + 1]):
+                break
     report.seconds = time.perf_counter() - t0
     return report

@@ -16,6 +16,7 @@ from typing import Any
 import dagster as dg
 
 from isonyc_dagster.backends.base import BackendConfigError, ImageBackend
+from isonyc_dagster.backends.transport import HttpSettings
 from isonyc_dagster.defs.runs import mark_run_process
 from isonyc_dagster.geo.config import MapConfig, ProjectConfig
 from isonyc_dagster.project import Project
@@ -34,6 +35,20 @@ class GeneratorResource(dg.ConfigurableResource):
     candidates: int = 1
     #: Added to every step's deterministic seed; change it to regenerate with new seeds.
     seed_offset: int = 0
+    #: Credentials of the other backends an area rule may pick (``<backend>_<field>``), bound to dg.EnvVar like
+    #: ``api_key`` so that they too are resolved by Dagster at run time and never shown.
+    modal_api_key: str | None = None
+    modal_auth_secret: str | None = None
+    oxen_api_key: str | None = None
+    gemini_api_key: str | None = None
+    #: The other backends' endpoint URLs (JSON: backend → URL; not secret), read from their variables.
+    urls_json: str = "{}"
+    #: The project's pixel-art style (``ProjectConfig.style``) as JSON of its non-default ``StyleParams``; empty for
+    #: the default look, so existing steps keep their identity.
+    style_json: str = ""
+
+    def _style_part(self, backend: str) -> list[Any]:
+        return [json.loads(self.style_json)] if backend == "pixelart" and self.style_json else []
 
     def settings(self) -> dict[str, Any]:
         out = json.loads(self.settings_json or "{}")
@@ -46,27 +61,83 @@ class GeneratorResource(dg.ConfigurableResource):
     def identity(self, prompt: str) -> str:
         """What decides a step's output besides its template: backend, settings, K, seeds, prompt (no secrets)."""
         key = json.dumps(
-            [self.backend, json.loads(self.settings_json or "{}"), self.candidates, self.seed_offset, prompt],
+            [self.backend, _output_settings(self.settings_json), self.candidates, self.seed_offset, prompt]
+            + self._style_part(self.backend),
             sort_keys=True,
         )
         return hashlib.sha256(key.encode()).hexdigest()[:16]
 
     def build(self, map_config: MapConfig | None = None) -> ImageBackend:
         """The backend; the offline pixel-art backend also gets the map's camera (its textures follow it)."""
+        return self.build_for(map_config, self.backend)
+
+    def identity_for(
+        self, backend: str, model: str | None, prompt: str, profile_settings: dict[str, Any] | None = None
+    ) -> str:
+        """``identity`` of the backend and model a step resolved to (an area rule may pick others)."""
+        if backend == self.backend and model is None and not profile_settings:
+            return self.identity(prompt)
+        own = _output_settings(self.settings_json) if backend == self.backend else {}
+        parts = [backend, model, profile_settings or {}, own, self.candidates, self.seed_offset, prompt]
+        parts += self._style_part(backend)
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+    def build_for(
+        self,
+        map_config: MapConfig | None,
+        backend: str,
+        model: str | None = None,
+        profile_settings: dict[str, Any] | None = None,
+    ) -> ImageBackend:
+        """Backend ``backend`` (with ``model``, over ``profile_settings`` from ``[backends.<name>]``).
+
+        The resource's own backend gets its settings and secrets; another one (an area rule's) gets the URL and
+        secrets bound for it from its environment variables (``BACKEND_ENV``).
+        """
         from isonyc_dagster.backends.registry import make_backend
 
-        settings = self.settings()
-        if self.backend == "pixelart" and map_config is not None:
+        settings = dict(profile_settings or {})
+        if backend == self.backend:
+            settings |= self.settings()
+        else:
+            settings |= self._rule_backend_settings(backend)
+        if model is not None:
+            settings["model"] = model
+        if backend == "pixelart" and map_config is not None:
             settings.setdefault("map_config", map_config.model_dump(mode="json"))
+        if backend == "pixelart" and self.style_json:  # explicit settings params override the style file
+            settings["params"] = json.loads(self.style_json) | dict(settings.get("params") or {})
         try:
-            return make_backend(self.backend, **settings)
+            return make_backend(backend, **settings)
         except ValueError as e:  # BackendConfigError, or a settings value a client refuses
-            env = BACKEND_ENV.get(self.backend, {})
+            env = BACKEND_ENV.get(backend, {})
             where = ", ".join(f"{field} from ${var}" for field, var in env.items())
             hint = f"set {where}; " if where else ""
             raise BackendConfigError(
                 f"{e} ({hint}other settings as JSON in $ISONYC_BACKEND_SETTINGS)"
             ) from None
+
+    def _rule_backend_settings(self, backend: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        url = json.loads(self.urls_json or "{}").get(backend)
+        if url:
+            out["url"] = url
+        for field in BACKEND_ENV.get(backend, {}):
+            value = getattr(self, f"{backend}_{field}", None) if field != "url" else None
+            if value:
+                out[field] = value
+        return out
+
+
+#: Settings that decide where and how a request travels, not what the model draws: changing them (another endpoint
+#: list, more concurrency, longer timeouts) must not make committed steps look different and be generated again.
+#: The model itself is named by ``model``/``model_id``, and every answer's provenance records who served it.
+_TRANSPORT_SETTINGS = frozenset({"url", "endpoint_concurrency", *HttpSettings.model_fields})
+
+
+def _output_settings(settings_json: str) -> dict[str, Any]:
+    """The backend settings that can change a step's output (``identity``'s part of them)."""
+    return {k: v for k, v in json.loads(settings_json or "{}").items() if k not in _TRANSPORT_SETTINGS}
 
 
 #: Environment variables the remote backends' secrets and endpoints come from.
@@ -78,7 +149,18 @@ BACKEND_ENV: dict[str, dict[str, str]] = {
 }
 
 
-def generator_resource(backend: str, *, resolve_env: bool = False) -> GeneratorResource:
+def project_style(config: ProjectConfig) -> dict[str, Any]:
+    """The non-default pixel-art style parameters of ``config.style`` (empty when unset)."""
+    if config.style is None:
+        return {}
+    from isonyc_dagster.backends.pixelart.params import load_style
+
+    return load_style(config.style).changed()
+
+
+def generator_resource(
+    backend: str, *, resolve_env: bool = False, style: dict[str, Any] | None = None
+) -> GeneratorResource:
     """The resource for ``backend`` with settings and secrets from the environment.
 
     In ``Definitions`` secrets are bound as ``dg.EnvVar`` (resolved by Dagster at run time, never shown in the UI);
@@ -96,12 +178,28 @@ def generator_resource(backend: str, *, resolve_env: bool = False) -> GeneratorR
             return None
         return os.environ[env[field]] if resolve_env else dg.EnvVar(env[field])
 
+    # Area rules may pick any other backend: bind the secrets and URLs of those whose variables are set.
+    others: dict[str, Any] = {}
+    urls: dict[str, str] = {}
+    for name, vars_ in BACKEND_ENV.items():
+        if name == backend:
+            continue
+        for field, var in vars_.items():
+            if not os.environ.get(var):
+                continue
+            if field == "url":
+                urls[name] = os.environ[var]
+            else:
+                others[f"{name}_{field}"] = os.environ[var] if resolve_env else dg.EnvVar(var)
     return GeneratorResource(
         backend=backend,
         settings_json=json.dumps(settings),
         api_key=secret("api_key"),
         auth_secret=secret("auth_secret"),
         candidates=int(os.environ.get("ISONYC_CANDIDATES", "1")),
+        urls_json=json.dumps(urls),
+        style_json=json.dumps(style, sort_keys=True) if style else "",
+        **others,
     )
 
 

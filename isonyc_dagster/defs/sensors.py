@@ -10,7 +10,7 @@ runs whose process died are marked failed and redone at once. When everything is
 import os
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +18,7 @@ import dagster as dg
 
 from isonyc_dagster import layers
 from isonyc_dagster.defs.assets.steps import STEP_ASSET_NAMES
+from isonyc_dagster.defs.operate import people_work
 from isonyc_dagster.defs.partitions import key2, parse_key2
 from isonyc_dagster.defs.resources import ProjectResource
 from isonyc_dagster.defs.runs import DEAD_TAG, UNFINISHED, reap_dead_runs
@@ -74,11 +75,13 @@ def _add(progress: Progress, asset: str, keys: set[tuple[int, int]]) -> None:
             return
     if asset in layers.QUADRANT_LAYERS:
         getattr(progress, asset).update(keys)
+    elif asset:
+        progress.other.setdefault(asset, set()).update(keys)
 
 
-def materialized(instance: dg.DagsterInstance) -> Progress:
+def materialized(instance: dg.DagsterInstance, others: Iterable[str] = ()) -> Progress:
     done = Progress()
-    for asset in (*layers.QUADRANT_LAYERS, *STEP_ASSETS.values()):
+    for asset in (*layers.QUADRANT_LAYERS, *STEP_ASSETS.values(), *others):
         keys = instance.get_materialized_partitions(dg.AssetKey(asset))
         _add(done, asset, {parse_key2(k) for k in keys})
     return done
@@ -130,7 +133,46 @@ def _merge(a: Progress, b: Progress) -> Progress:
         water_mask=a.water_mask | b.water_mask,
     )
     out.steps = {k: a.steps[k] | b.steps[k] for k in StepKind}
+    out.other = {n: a.other.get(n, set()) | b.other.get(n, set()) for n in {*a.other, *b.other}}
     return out
+
+
+def quadrant_followers(project: Project) -> dict[str, str | None]:
+    """The project's per-quadrant assets besides render, generation and water masks, each with the asset its
+    quadrant waits for (``None``: only geodata): the photoreal layer where the infill uses it, derived layers."""
+    from isonyc_dagster.derive import layer_of
+
+    out: dict[str, str | None] = {}
+    if project.config.render_layer != "whitebox":
+        out[layers.PHOTOREAL] = None
+    for name in project.config.derived_layers:
+        out[layer_of(name)] = layers.GENERATION
+    return out
+
+
+def _has_all(project: Project, kind: StepKind, cell: tuple[int, int], have: set[tuple[int, int]]) -> bool:
+    step = project.plan.get(kind, cell)
+    return step is not None and all(q in have for q in step.quadrants)
+
+
+def _follower_requests(
+    project: Project, done: Progress, busy: Progress, req_steps: dict[StepKind, set[tuple[int, int]]]
+) -> tuple[list[dg.RunRequest], bool]:
+    """Runs for the photoreal and derived layers, and whether they are all complete. Steps whose quadrants lack
+    their photoreal render are held back (``req_steps`` is filtered in place): they would fail fast."""
+    out: list[dg.RunRequest] = []
+    qs = set(project.quadrants.keys)
+    complete_ = True
+    for asset, source in quadrant_followers(project).items():
+        have = done.other.get(asset, set())
+        base = qs if source is None else done.generation & qs
+        todo = base - have - busy.other.get(asset, set())
+        complete_ &= qs <= have
+        out += _requests(asset, todo, MAX_PER_RUN[layers.GENERATION], asset)
+        if asset == layers.PHOTOREAL:
+            for kind, cells in req_steps.items():
+                req_steps[kind] = {c for c in cells if _has_all(project, kind, c, have)}
+    return out, complete_
 
 
 def _requests(asset: str, keys: set[tuple[int, int]], max_area: int, wave: str) -> Iterator[dg.RunRequest]:
@@ -184,9 +226,11 @@ def plan_waves(project: Project, instance: dg.DagsterInstance) -> WavePlan:
             return WavePlan([], "waiting for geodata")
         return WavePlan([_request(layers.GEODATA)], "geodata not prepared yet")
     busy = in_flight(running)
-    done = materialized(instance)
+    followers = quadrant_followers(project)
+    done = materialized(instance, followers)
     blocked, given_up = cooling_down(instance)
     req = ready(project.plan, project.quadrants.keys, done, _merge(busy, blocked))
+    extra, followers_done = _follower_requests(project, done, _merge(busy, blocked), req.steps)
     out: list[dg.RunRequest] = []
     # Deepest waves first, so areas finish (and their context is used) before new areas start.
     for kind in (StepKind.CORNER, StepKind.BRIDGE_V, StepKind.BRIDGE_H, StepKind.BLOCK):
@@ -194,6 +238,9 @@ def plan_waves(project: Project, instance: dg.DagsterInstance) -> WavePlan:
     out += _requests(layers.GENERATION, req.generation, MAX_PER_RUN[layers.GENERATION], "publish")
     out += _requests(layers.RENDER, req.render, MAX_PER_RUN[layers.RENDER], "render")
     out += _requests(layers.WATER_MASK, req.water_mask, MAX_PER_RUN[layers.WATER_MASK], "water")
+    # The photoreal layer goes right after the renders (steps wait for it); derived layers follow generation.
+    n_photo = sum(1 for r in extra if (r.tags or {}).get(ASSET_TAG) == layers.PHOTOREAL)
+    out = extra[:n_photo] + out + extra[n_photo:] if n_photo else out + extra
     n_steps = len(project.plan.steps)
     n_done = sum(len(v) for v in done.steps.values())
     summary = (
@@ -205,16 +252,20 @@ def plan_waves(project: Project, instance: dg.DagsterInstance) -> WavePlan:
     if reaped:
         summary += f"; marked failed (process gone): {', '.join(reaped[:10])}"
     finished = False
-    if not out and not running and complete(project.plan, project.quadrants.keys, done):
-        stale = map_staleness(project)
-        if stale is None:
-            finished = True
-            summary += "; map up to date"
-        elif _export_cooled_down(instance):
-            summary += f"; refreshing the map: {stale}"
-            out.append(_request("export"))
-        else:
-            summary += f"; map refresh failed recently, retrying after {COOLDOWN_S:.0f} s: {stale}"
+    all_done = followers_done and complete(project.plan, project.quadrants.keys, done)
+    if not out and not running and all_done:
+        # Changes people made: stale steps (per ``on_stale``), quadrants to publish again; before the map.
+        cooling = {STEP_ASSETS[k]: blocked.steps[k] for k in StepKind}
+        cooling[layers.GENERATION] = blocked.generation
+        work, note = people_work(project, instance, done.generation, cooling)
+        summary += f"; {note}" if note else ""
+        for asset, keys in work.items():
+            per_run = MAX_PER_RUN[layers.GENERATION if asset == layers.GENERATION else "steps"]
+            out += _requests(asset, keys, per_run, "people")
+    if not out and not running and all_done:
+        refresh, finished, note = _refresh_maps(project, instance)
+        out += refresh
+        summary += note
     elif running:
         summary += "; waiting on " + ", ".join(
             f"{r.dagster_run.tags.get(ASSET_TAG)} run {r.dagster_run.run_id[:8]}" for r in running[:5]
@@ -235,16 +286,37 @@ def map_staleness(project: Project) -> str | None:
     from isonyc_dagster.publish.viewer import viewer_missing
 
     out = Path(project.config.output_dir)
-    reason = pyramid_staleness(project.store, out, grid=project.quadrants.bbox, name=project.config.map.name)
+    reason = pyramid_staleness(
+        project.store,
+        out,
+        grid=project.quadrants.bbox,
+        name=project.config.map.name,
+        publish=project.publish_spec,
+    )
     return reason or viewer_missing(out)
 
 
-def _export_cooled_down(instance: dg.DagsterInstance) -> bool:
-    """The last map refresh did not fail in the last ``COOLDOWN_S`` seconds."""
+def _refresh_maps(project: Project, instance: dg.DagsterInstance) -> tuple[list[dg.RunRequest], bool, str]:
+    """The run that brings the published map (then the derived layers' pyramids) up to date, whether everything
+    is, and a note for the summary."""
+    from isonyc_dagster.defs.assets.derived import layer_pyramids_staleness
+
+    job, stale = "export", map_staleness(project)
+    if stale is None and project.config.derived_layers:
+        job, stale = layers.LAYER_PYRAMIDS, layer_pyramids_staleness(project)
+    if stale is None:
+        return [], True, "; map up to date"
+    if _export_cooled_down(instance, job):
+        return [_request(job)], False, f"; refreshing the map: {stale}"
+    return [], False, f"; map refresh failed recently, retrying after {COOLDOWN_S:.0f} s: {stale}"
+
+
+def _export_cooled_down(instance: dg.DagsterInstance, asset: str = "export") -> bool:
+    """The last map refresh (``asset``'s run) did not fail in the last ``COOLDOWN_S`` seconds."""
     failed = [
         r
         for r in _scheduler_runs(instance, [dg.DagsterRunStatus.FAILURE])
-        if r.dagster_run.tags.get(ASSET_TAG) == "export"
+        if r.dagster_run.tags.get(ASSET_TAG) == asset
     ]
     latest = max(((r.end_time or 0.0) for r in failed), default=0.0)
     return time.time() - latest > COOLDOWN_S

@@ -39,8 +39,10 @@ from PIL import Image, ImageDraw
 from isonyc_dagster.backends.base import BackendError, ImageBackend
 from isonyc_dagster.fileio import atomic_write
 from isonyc_dagster.generate.plan import Step, raster_steps
+from isonyc_dagster.generate.references import ReferenceSelector
 from isonyc_dagster.generate.seams import DEFAULT_THRESHOLD, EdgeKey
 from isonyc_dagster.generate.step import StepInputs, StepResult, StepSettings, run_step
+from isonyc_dagster.geo.model_inputs import PreprocessConfig
 from isonyc_dagster.images import png_bytes
 
 REPORT_VERSION = 1
@@ -237,6 +239,9 @@ def run_pilot(
     render_aux: Callable[[int, int], dict[str, np.ndarray]] | None = None,
     neighbour_mode: str = "left+top",
     prompt: str = "",
+    negative_prompt: str = "",
+    preprocess: PreprocessConfig | None = None,
+    references: ReferenceSelector | None = None,
     base_seed: int | None = 0,
     threshold: float = DEFAULT_THRESHOLD,
     parallel: int = 1,
@@ -251,7 +256,9 @@ def run_pilot(
     ``base_seed`` makes candidate seeds reproducible (tile n of the raster uses seeds
     ``base_seed + n·k + i``); ``None`` draws random seeds (recorded in the report). Raises
     :class:`BackendError` (after writing a partial report with ``status: "failed"``) when every
-    candidate of a tile fails, since later tiles would lose their context.
+    candidate of a tile fails, since later tiles would lose their context. ``references`` picks each tile's style
+    images for backends that take them (checked before the first call); ``preprocess`` degrades the infill's
+    render pixels before they are sent.
     """
     from isonyc_dagster.store.local import LocalTileStore
 
@@ -271,7 +278,11 @@ def run_pilot(
         overlap_px=overlap_px,
         reuse_committed=False,  # every pilot run samples anew: the report is about the candidates
         parallel=parallel,
+        negative_prompt=negative_prompt,
+        preprocess=preprocess,
     )
+    if references is not None:
+        references.check(backend)
     report: dict[str, Any] = {
         "version": REPORT_VERSION,
         "status": "running",
@@ -300,7 +311,8 @@ def run_pilot(
         atomic_write(out / "candidates" / f"{x}_{y}" / "template.png", template.png, fsync=False)
         seed = None if base_seed is None else base_seed + n * k
         try:
-            result = run_step(store, backend, step, inputs, template, settings, seed=seed)
+            refs = references.select(step, backend) if references is not None else None
+            result = run_step(store, backend, step, inputs, template, settings, seed=seed, style_refs=refs)
         except BackendError as e:
             report["tiles"].append({"x": x, "y": y, "error": str(e)})
             report["status"] = "failed"

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from isonyc_dagster.generate.plan import LatticePlan
-from isonyc_dagster.generate.seams import Edge, seam_score
+from isonyc_dagster.generate.seams import Edge, qa_seam_score
 from isonyc_dagster.generate.step import StepInputs
 from isonyc_dagster.generate.template import red_mask
 
@@ -90,5 +90,14 @@ def assess_quadrant(
         a, b = inputs.generated_rgb(*first), inputs.generated_rgb(*second)
         assert a is not None and b is not None
         edge: Edge = "lr" if name in ("left", "right") else "tb"
-        qa.seams[name] = float(seam_score(a, b, edge, mask=inputs.edge_mask(first, second)))
+        qa.seams[name] = float(
+            qa_seam_score(
+                a,
+                b,
+                edge,
+                mask=inputs.edge_mask(first, second),
+                render_a=inputs.render_rgb(*first),
+                render_b=inputs.render_rgb(*second),
+            )
+        )
     return qa

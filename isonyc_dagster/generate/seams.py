@@ -78,9 +78,17 @@ def _bands(a: np.ndarray, b: np.ndarray, edge: Edge, overlap_px: int) -> tuple[n
 
 
 def seam_components(
-    a: np.ndarray, b: np.ndarray, edge: Edge, overlap_px: int = 8, mask: np.ndarray | None = None
+    a: np.ndarray,
+    b: np.ndarray,
+    edge: Edge,
+    overlap_px: int = 8,
+    mask: np.ndarray | None = None,
+    *,
+    robust: bool = False,
 ) -> dict[str, float]:
     """The parts of :func:`seam_score`: ``score``, ``step``, ``tone`` and the raw ``across``/``within`` means.
+
+    ``robust`` replaces the windowed tone term by the median signed jump (what :func:`qa_seam_components` uses).
 
     ``mask`` (bool, one value per pixel along the edge) limits the averages to those positions, e.g. to where
     the render continues across the edge (:func:`continuity_mask`); no position left means nothing to judge: 0.
@@ -110,13 +118,24 @@ def seam_components(
     # inside a band (a road edge, a wall) must not mask a brightness shift at the boundary itself.
     k = min(_TONE_NEAR, A.shape[1] - 1, B.shape[1] - 1)
     near = np.concatenate([np.diff(A, axis=1)[:, -k:], np.diff(B, axis=1)[:, :k]], axis=1)  # (L, 2k, 3)
-    window = min(_TONE_WINDOW, A.shape[0])
-    # Averages along the edge over the judged positions only, so scenery edges outside the mask do not bleed in.
-    w = mask.astype(np.float32)
-    norm = np.maximum(uniform_filter1d(w, window, mode="nearest"), 1e-6)
-    jump_s = uniform_filter1d(jump * w[:, None], window, axis=0, mode="nearest") / norm[:, None]  # (L, 3)
-    near_s = uniform_filter1d(near * w[:, None, None], window, axis=0, mode="nearest") / norm[:, None, None]
-    tone = float(np.maximum(0.0, np.abs(jump_s) - np.abs(near_s).max(axis=1)).mean(-1)[mask].mean())
+    if robust:
+        # The median signed jump against the median signed gradients beside it: a recolour of the whole quadrant
+        # moves every position along the edge; one wall painted another colour moves a few, and is scenery.
+        tone = float(
+            np.maximum(
+                0.0, np.abs(np.median(jump[mask], axis=0)) - np.abs(np.median(near[mask], axis=0)).max(axis=0)
+            ).mean()
+        )
+    else:
+        window = min(_TONE_WINDOW, A.shape[0])
+        # Averages along the edge over the judged positions only, so scenery edges outside the mask do not bleed.
+        w = mask.astype(np.float32)
+        norm = np.maximum(uniform_filter1d(w, window, mode="nearest"), 1e-6)
+        jump_s = uniform_filter1d(jump * w[:, None], window, axis=0, mode="nearest") / norm[:, None]  # (L, 3)
+        near_s = (
+            uniform_filter1d(near * w[:, None, None], window, axis=0, mode="nearest") / norm[:, None, None]
+        )
+        tone = float(np.maximum(0.0, np.abs(jump_s) - np.abs(near_s).max(axis=1)).mean(-1)[mask].mean())
     return {
         "score": step + tone,
         "step": step,
@@ -136,6 +155,121 @@ def seam_score(
     ``mask`` limits the score to some positions along the edge (see :func:`seam_components`).
     """
     return seam_components(a, b, edge, overlap_px, mask)["score"]
+
+
+#: Band depth (px) and search reach (px, both axes) of the render-alignment term of :func:`qa_seam_components`.
+_ALIGN_DEPTH = 32
+_ALIGN_REACH = 5
+#: A band that matches its render nowhere is foreign content when the render has edges on this share of its pixels.
+_ALIGN_FOREIGN_STRUCTURE = 0.02
+#: Best correlations below this count as no match at all (a band drawn from other geometry).
+_ALIGN_MIN_CORR = 0.15
+#: Offsets (px, each axis) within which a band counts as in register with its render.
+_ALIGN_TOLERANCE = 1
+#: Grey levels per unit of relative correlation loss (the alignment term's scale in the QA score).
+ALIGN_WEIGHT = 30.0
+#: Scores above this fail the ``seams`` QA check (:func:`qa_seam_score`; ``benchmarks/seam_faults.py``).
+QA_THRESHOLD = 5.0
+
+
+def _edges(img: np.ndarray) -> np.ndarray:
+    """Gradient magnitude of the grey image, capped so one hard outline does not outweigh the rest."""
+    g = img.astype(np.float32).mean(-1)
+    gx = np.abs(np.diff(g, axis=1, prepend=g[:, :1]))
+    gy = np.abs(np.diff(g, axis=0, prepend=g[:1]))
+    return np.minimum(gx + gy, 64.0)
+
+
+def _registration_loss(gen: np.ndarray, render: np.ndarray) -> float | None:
+    """How much better the generated band matches its render when shifted: 0 = in place, 1 = nothing of the render
+    in it (foreign content); ``None`` when the render has too little structure to tell (open water, flat ground).
+    Bands are (L, D, 3): L along the edge, D across it."""
+    e_gen, e_ren = _edges(gen), _edges(render)
+    r = _ALIGN_REACH
+    L, D = e_gen.shape
+    core = e_ren[r : L - r, r : D - r]
+    structure = np.count_nonzero(core > 8.0) / core.size
+    core = core - core.mean()
+    cn = float(np.sqrt((core * core).sum()))
+    if cn < 1e-6:
+        return None
+    corr = {}
+    for s in range(-r, r + 1):
+        for t in range(-r, r + 1):
+            win = e_gen[r + s : L - r + s, r + t : D - r + t]
+            win = win - win.mean()
+            wn = float(np.sqrt((win * win).sum()))
+            corr[(s, t)] = float((win * core).sum()) / (wn * cn) if wn > 1e-6 else 0.0
+    best = max(corr.values())
+    if best < _ALIGN_MIN_CORR:
+        # No match anywhere: foreign content where the render has clear structure, else too little to tell.
+        return 1.0 if structure >= _ALIGN_FOREIGN_STRUCTURE else None
+    # Outlines drawn a pixel to one side of the render's edges are style, not misregistration: a band whose best
+    # match lies within ``_ALIGN_TOLERANCE`` px of where it is counts as in place.
+    s_best, t_best = max(corr, key=lambda k: corr[k])
+    if max(abs(s_best), abs(t_best)) <= _ALIGN_TOLERANCE:
+        return 0.0
+    return float(np.clip(1.0 - corr[(0, 0)] / best, 0.0, 1.0))
+
+
+def misalignment(
+    a: np.ndarray,
+    b: np.ndarray,
+    render_a: np.ndarray,
+    render_b: np.ndarray,
+    edge: Edge,
+    depth: int = _ALIGN_DEPTH,
+) -> float:
+    """How far ``b`` is out of register with its render compared with ``a``: a context band shifted by a few pixels
+    (along or across the edge) moves every structure of one side off the geometry both sides were drawn from.
+    0 when either side's render has too little structure to tell."""
+    A, B = _bands(a, b, edge, depth)
+    RA, RB = _bands(render_a, render_b, edge, depth)
+    la, lb = _registration_loss(A, RA), _registration_loss(B, RB)
+    if la is None or lb is None:
+        return 0.0
+    return max(0.0, lb - la, la - lb)
+
+
+def qa_seam_components(
+    a: np.ndarray,
+    b: np.ndarray,
+    edge: Edge,
+    *,
+    mask: np.ndarray | None = None,
+    render_a: np.ndarray | None = None,
+    render_b: np.ndarray | None = None,
+    overlap_px: int = 8,
+) -> dict[str, float]:
+    """The ``seams`` QA score of one edge and its parts: ``step`` (hard edges), ``tone`` (median signed jump: a
+    recolour), ``align`` (registration against the renders: a shifted context band, weighted by ``ALIGN_WEIGHT``).
+
+    Calibrated on planted faults against an untouched map (``benchmarks/seam_faults.py``): unlike
+    :func:`seam_score`, a long scenery edge on the quadrant line (one wall painted two colours) does not fail it.
+    """
+    base = seam_components(a, b, edge, overlap_px, mask, robust=True)
+    align = 0.0
+    if render_a is not None and render_b is not None:
+        align = ALIGN_WEIGHT * misalignment(a, b, render_a, render_b, edge)
+    return {
+        "score": base["step"] + base["tone"] + align,
+        "step": base["step"],
+        "tone": base["tone"],
+        "align": align,
+    }
+
+
+def qa_seam_score(
+    a: np.ndarray,
+    b: np.ndarray,
+    edge: Edge,
+    *,
+    mask: np.ndarray | None = None,
+    render_a: np.ndarray | None = None,
+    render_b: np.ndarray | None = None,
+) -> float:
+    """The ``seams`` QA score of one edge (see :func:`qa_seam_components`); above ``QA_THRESHOLD`` fails."""
+    return qa_seam_components(a, b, edge, mask=mask, render_a=render_a, render_b=render_b)["score"]
 
 
 def continuity_mask(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 from collections.abc import Callable, Container
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -16,10 +17,14 @@ import numpy as np
 
 from isonyc_dagster import layers
 from isonyc_dagster.backends.base import GenerationRequest, ImageBackend
+from isonyc_dagster.generate import postprocess
 from isonyc_dagster.generate.candidates import CandidateSet, generate_candidates
 from isonyc_dagster.generate.plan import Quadrant, Step
+from isonyc_dagster.generate.preprocess import preprocess_provenance, preprocess_template
+from isonyc_dagster.generate.references import StyleRefs
 from isonyc_dagster.generate.seams import Edge, EdgeKey, continuity_mask
 from isonyc_dagster.generate.template import Template, build_template, extract_quadrants
+from isonyc_dagster.geo.model_inputs import PostprocessConfig, PreprocessConfig
 from isonyc_dagster.images import decode_rgb, png_bytes
 from isonyc_dagster.render import RenderResult
 from isonyc_dagster.store.base import CorruptBlobError, TileStore, TileVersion, TileWrite
@@ -52,10 +57,24 @@ class StepInputs:
     is rendered on the fly with ``render``. Render buffers of stored renders come from their ``aux`` blob.
     """
 
-    def __init__(self, store: TileStore, *, stored: Container[Quadrant], render: RenderFn) -> None:
+    def __init__(
+        self,
+        store: TileStore,
+        *,
+        stored: Container[Quadrant],
+        render: RenderFn,
+        rgb_layer: str = layers.RENDER,
+        render_rgb_fn: Callable[[int, int], np.ndarray] | None = None,
+        color_layer: str | None = None,
+    ) -> None:
         self.store = store
         self.stored = stored
         self._render = render
+        # The layer the infill shows (render or photoreal); buffers and edge masks always come from the whitebox.
+        self.rgb_layer = rgb_layer
+        self._render_rgb_fn = render_rgb_fn
+        #: A layer sent whole as the request's colour reference (the photoreal layer, ``render_layer = "both"``).
+        self.color_layer = color_layer
         self._rendered: dict[Quadrant, Rendered] = {}
         self._aux: dict[Quadrant, dict[str, np.ndarray]] = {}
         self._generated: dict[Quadrant, np.ndarray] = {}
@@ -66,12 +85,32 @@ class StepInputs:
         return self._rendered[(x, y)]
 
     def render_rgb(self, x: int, y: int) -> np.ndarray | None:
+        if self.rgb_layer != layers.RENDER:
+            png = self.store.get_tile(self.rgb_layer, x, y)
+            if png is not None:
+                return decode_rgb(png)
+            # In bounds: the layer's asset must have stored it (the step fails fast, like missing context).
+            fn = self._render_rgb_fn
+            return None if (x, y) in self.stored or fn is None else fn(x, y)
         png = self.store.get_tile(layers.RENDER, x, y)
         if png is not None:
             return decode_rgb(png)
         if (x, y) in self.stored:
             return None  # an in-bounds quadrant must be materialized by the render asset first
         return self._render_once(x, y).rgb
+
+    def color_reference(self, step: Step) -> bytes | None:
+        """The step's window drawn from ``color_layer`` (framed like the template); None without a colour layer.
+        Raises ``RenderMissing`` when a quadrant the step generates lacks that layer (fail fast)."""
+        if self.color_layer is None:
+            return None
+        layer = self.color_layer
+
+        def rgb(x: int, y: int) -> np.ndarray | None:
+            png = self.store.get_tile(layer, x, y)
+            return decode_rgb(png) if png is not None else None
+
+        return build_template(step, render_rgb=rgb, generated_rgb=rgb, allow_missing_context=True).png
 
     def render_aux(self, x: int, y: int) -> dict[str, np.ndarray]:
         if (x, y) not in self._aux:
@@ -139,6 +178,32 @@ class StepSettings:
     #: Reuse a step already committed from the same template by the same generator (a retried range run).
     reuse_committed: bool = True
     parallel: int = 1
+    negative_prompt: str = ""
+    #: Render preprocessing of the infill before the template is sent (``generate.preprocess``); None = off.
+    preprocess: PreprocessConfig | None = None
+    #: The area rule that chose these settings (``generate.rules``), recorded in provenance.
+    rule: str | None = None
+    #: Pixel-art post-processing of model outputs before validation (``generate.postprocess``); None = off.
+    postprocess: PostprocessConfig | None = None
+
+    def key(self, style_refs: StyleRefs | None = None) -> str:
+        """``generator_key`` plus whatever else changes the output (negative prompt, preprocessing, style images).
+
+        Equal to ``generator_key`` when none is set, so existing steps keep their key.
+        """
+        extras: dict[str, Any] = {}
+        if self.negative_prompt:
+            extras["negative_prompt"] = hashlib.sha256(self.negative_prompt.encode()).hexdigest()
+        if (pre := preprocess_provenance(self.preprocess)) is not None:
+            extras["preprocess"] = pre
+        if style_refs:
+            extras["style_refs"] = [r.sha256 for r in style_refs.refs]
+        if self.postprocess is not None and self.postprocess.enabled:
+            extras["postprocess"] = self.postprocess.model_dump(mode="json")
+        if not extras:
+            return self.generator_key
+        blob = json.dumps([self.generator_key, extras], sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -153,6 +218,13 @@ class StepResult:
     versions: list[TileVersion]
     #: Every candidate with its scores; ``None`` when the step was reused from the store.
     candidates: CandidateSet | None = None
+    #: The template as sent to the model when preprocessing changed it (else the template's own PNG was sent).
+    sent_png: bytes | None = None
+
+    @property
+    def model_input_png(self) -> bytes:
+        """The PNG the model received (the preprocessed template, or the template)."""
+        return self.sent_png if self.sent_png is not None else self.template.png
 
     @property
     def reused(self) -> bool:
@@ -178,26 +250,37 @@ def run_step(
     settings: StepSettings,
     *,
     seed: int | None,
+    style_refs: StyleRefs | None = None,
 ) -> StepResult:
     """Generate one step (K candidates scored on their seams), validate, commit its quadrants atomically.
 
     Every candidate's output is kept as a blob for review; the best one's quadrants become the active
     ``generation`` tiles, with the step's provenance. Raises ``BackendError`` when every candidate failed.
+    ``style_refs`` are sent as the request's style images (``generate.references``); the template goes through
+    ``settings.preprocess`` first (render pixels of the infill only).
     """
     template_sha = store.put_blob(template.png)
+    refs = style_refs or StyleRefs()
+    settings_key = settings.key(refs)
     if settings.reuse_committed:
-        reused = _committed(store, step, template, template_sha, settings.generator_key)
+        reused = _committed(store, step, template, template_sha, settings_key)
         if reused is not None:
             return reused
+    sent = preprocess_template(template, settings.preprocess)
+    sent_sha = store.put_blob(sent.png) if sent is not template else None
     request = GenerationRequest(
-        template_png=template.png,
+        template_png=sent.png,
         prompt=settings.prompt,
+        negative_prompt=settings.negative_prompt,
+        style_refs=refs.pngs,
+        color_ref=inputs.color_reference(step),
         seed=seed,
         infill_box=template.infill_box,
         origin_px=template.origin_px,
         aux=template.aux,
     )
     context = {q: img for q in step.context if (img := inputs.generated_rgb(*q)) is not None}
+    backend = postprocess.wrap(backend, store, settings.postprocess)  # itself when post-processing is off
     k = max(1, settings.candidates)
     masks = (
         inputs.continuity_masks(step, context, settings.overlap_px)
@@ -237,14 +320,29 @@ def run_step(
         **best.result.provenance,
         "seam_score": best.score,
         "candidates": summaries if len(summaries) > 1 else None,
-        "generator_key": settings.generator_key,
+        "generator_key": settings_key,
     }
+    # Only what is set: a step sent as before keeps exactly its former provenance (and store version).
+    extra = {
+        "rule": settings.rule,
+        "negative_prompt_sha256": hashlib.sha256(settings.negative_prompt.encode()).hexdigest()
+        if settings.negative_prompt
+        else None,
+        "preprocess": preprocess_provenance(settings.preprocess),
+        "template_sent_sha256": sent_sha,
+        "style_refs": refs.provenance() or None,
+    }
+    provenance |= {k: v for k, v in extra.items() if v is not None}
+    provenance["template_sha256"] = template_sha  # the backend hashed what it got: the preprocessed template
     writes = [
         TileWrite(layers.GENERATION, x, y, png_bytes(rgb, compress_level=TILE_PNG_LEVEL), provenance)
         for (x, y), rgb in sorted(best.quadrants.items())
     ]
     versions = store.put_tiles(writes)
-    return StepResult(step, template, template_sha, best.result.image_png, provenance, versions, cands)
+    sent_png = sent.png if sent_sha else None
+    return StepResult(
+        step, template, template_sha, best.result.image_png, provenance, versions, cands, sent_png
+    )
 
 
 def _committed(
@@ -265,6 +363,7 @@ def _committed(
     ):
         return None
     prov = provs[0]
+    sent_sha = prov.get("template_sent_sha256")
     return StepResult(
         step,
         template,
@@ -272,4 +371,5 @@ def _committed(
         store.get_blob(prov["output_sha256"]),
         prov | {"reused": True},
         list(versions.values()),
+        sent_png=store.get_blob(sent_sha) if sent_sha else None,
     )

@@ -53,6 +53,8 @@ class AssetKeys:
     steps: dict[StepKind, set[Key2]] = field(default_factory=lambda: {k: set() for k in StepKind})
     generation: set[Key2] = field(default_factory=set)
     water_mask: set[Key2] = field(default_factory=set)
+    #: The project's other per-quadrant assets (photoreal, derived layers), by asset name.
+    other: dict[str, set[Key2]] = field(default_factory=dict)
 
 
 class Progress(AssetKeys):
@@ -63,7 +65,13 @@ class WaveRequests(AssetKeys):
     """Keys to run now, per asset."""
 
     def empty(self) -> bool:
-        return not (self.render or self.generation or self.water_mask or any(self.steps.values()))
+        return not (
+            self.render
+            or self.generation
+            or self.water_mask
+            or any(self.steps.values())
+            or any(self.other.values())
+        )
 
 
 def ready(plan: LatticePlan, quadrants: Iterable[Key2], done: Progress, busy: Progress) -> WaveRequests:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from isonyc_dagster.errors import IsonycError
+from isonyc_dagster.geo.model_inputs import AreaRule, BackendProfile, resolve_model_input_files
 
 
 class ConfigError(IsonycError, ValueError):
@@ -36,6 +37,11 @@ class MapConfig(BaseModel):
     tile_px: int = Field(default=1024, ge=64, le=8192)
     quadrant_px: int = Field(default=512, ge=32, le=4096)
     view_height_m: float = Field(default=300.0, gt=0.0, le=100_000.0)
+    projection: Literal["exact", "legacy-flat"] = Field(
+        default="exact",
+        description="lat/lng ↔ ground: exact (local transverse Mercator) or legacy-flat (isometric-nyc's "
+        "111,111 m/degree formula, for maps continued from the original's tiles)",
+    )
 
     @model_validator(mode="after")
     def _quadrant_is_half_tile(self) -> MapConfig:
@@ -49,6 +55,64 @@ class MapConfig(BaseModel):
     @property
     def meters_per_pixel(self) -> float:
         return self.view_height_m / self.tile_px
+
+
+class PhotorealConfig(BaseModel):
+    """The photoreal render layer: a 3D tileset drawn by ``isonyc_dagster.photoreal`` through the whitebox camera."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    tileset: str = Field(
+        default="google",
+        description="'google' (Map Tiles API, key from $ISONYC_GOOGLE_MAPS_API_KEY) or the http(s) URL of a 3D Tiles "
+        "tileset.json (without credentials)",
+    )
+    ground_height_m: float = Field(
+        default=-31.3, ge=-500.0, le=9000.0, description="ellipsoidal height (m) of the whitebox's ground"
+    )
+    error_target_px: float = Field(default=8.0, gt=0.0, le=256.0, description="target screen-space error")
+    timeout_s: float = Field(default=120.0, gt=0.0, le=3600.0, description="limit for one complete render")
+    retries: int = Field(default=2, ge=0, le=10, description="retries of a failed render (fresh page each)")
+    pages: int = Field(default=2, ge=1, le=16, description="browser pages rendering concurrently")
+    cache_max_mb: int = Field(default=2048, ge=0, description="tile cache size in cache_dir; 0 = none")
+
+
+class PublishConfig(BaseModel):
+    """How the published map looks and where ``isonyc publish`` / the ``published_map`` asset deploy it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    clip: str = Field(
+        default="bounds",
+        description="clip polygon: 'bounds', 'none', a preset (manhattan, nyc) or a GeoJSON (Multi)Polygon path in "
+        "lng/lat; pixels whose ground point lies outside are cleared",
+    )
+    background: str | None = Field(
+        default=None,
+        pattern=r"^#[0-9a-fA-F]{6}$",
+        description="colour of clipped-away pixels as #rrggbb; unset = transparent",
+    )
+    placeholders: bool = Field(
+        default=True, description="show the dimmed whitebox render where a quadrant has no generation yet"
+    )
+    placeholder_dim: float = Field(
+        default=0.55, gt=0.0, le=1.0, description="placeholder brightness (1 = the render as is)"
+    )
+    to: str | None = Field(
+        default=None, description="deploy destination: a directory, gs://bucket/prefix or s3://bucket/prefix"
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None, description="S3-compatible endpoint URL (else $ISONYC_S3_ENDPOINT_URL or AWS's default)"
+    )
+    dagster_url: str | None = Field(
+        default=None, description="Dagster UI URL for lineage links in the deployed viewer; unset = no links"
+    )
+    max_age_s: int = Field(
+        default=60, ge=0, le=86_400, description="cache max-age of the .dzi, sidecar, index and manifest"
+    )
+    tile_max_age_s: int = Field(
+        default=3_600, ge=0, le=31_536_000, description="cache max-age of DZI tiles (rewritten in place)"
+    )
 
 
 class ProjectConfig(BaseModel):
@@ -87,6 +151,65 @@ class ProjectConfig(BaseModel):
             "style, removing the border and exactly following the shape/style/structure of the surrounding image."
         ),
         description="instruction sent to image models with every template",
+    )
+    publish: PublishConfig = PublishConfig()
+    prompt_file: str | None = Field(
+        default=None, description="read the prompt from this file (relative to the config)"
+    )
+    negative_prompt: str = Field(
+        default="", description="what models should avoid (sent where a backend supports it)"
+    )
+    negative_prompt_file: str | None = Field(
+        default=None, description="read the negative prompt from this file"
+    )
+    backends: dict[str, BackendProfile] = Field(
+        default_factory=dict,
+        description="per-backend prompts, model and render preprocessing ([backends.<name>])",
+    )
+    rules: list[AreaRule] = Field(
+        default_factory=list,
+        description="per-area backend/model/prompt overrides ([[rules]]); the smallest area wins",
+    )
+    reference_count: int = Field(
+        default=2, ge=0, le=8, description="style references sent per step (K nearest)"
+    )
+    anchors_dir: str | None = Field(
+        default=None, description="3-6 style images sent while no quadrant is marked reference (a fresh map)"
+    )
+    render_layer: Literal["whitebox", "photoreal", "both"] = Field(
+        default="whitebox",
+        description="what the templates' infill shows: the whitebox render or the photoreal layer; both = whitebox "
+        "infill plus the photoreal window as a COLOR REFERENCE image (Gemini/Vertex); photoreal/both add that asset",
+    )
+    photoreal: PhotorealConfig = PhotorealConfig()
+    on_stale: Literal["flag", "regenerate"] = Field(
+        default="flag",
+        description="steps whose context was regenerated: 'flag' (the scheduler counts them, a person decides) or "
+        "'regenerate' (the scheduler regenerates them, in wave order); versions a person made are never overwritten",
+    )
+    derived_layers: list[Literal["night", "snow", "dark"]] = Field(
+        default_factory=list,
+        description="derived map layers to build offline from the generation (night, snow, dark); each is an asset "
+        "layer_<name> and a pyramid <map>_<name>.dzi",
+    )
+    restyle: dict[str, str] = Field(
+        default_factory=dict,
+        description="model-restyled layers: name → prompt; each runs the lattice through the configured backend "
+        "over the generated map into store layer restyle_<name>",
+    )
+
+    @field_validator("restyle")
+    @classmethod
+    def _restyle_names(cls, v: dict[str, str]) -> dict[str, str]:
+        for name in v:
+            if not name or not name.replace("_", "").isalnum() or not name.islower():
+                raise ValueError(f"restyle name {name!r} must be lower-case letters, digits and '_'")
+        return v
+
+    style: str | None = Field(
+        default=None,
+        description="pixel-art style parameters: a JSON file of flat StyleParams keys (e.g. from `isonyc style fit`); "
+        "unset = the default look; changing it makes the generation stale",
     )
 
     @field_validator("bounds")
@@ -180,4 +303,17 @@ def load_project_config(path: str | Path | None) -> ProjectConfig:
     for name in ("cache_dir", "output_dir"):
         if not Path(getattr(cfg, name)).is_absolute():
             updates[name] = str(base / getattr(cfg, name))
+    if cfg.style is not None and not Path(cfg.style).is_absolute():
+        updates["style"] = str(base / cfg.style)
+    pub: dict[str, Any] = {}
+    if (
+        cfg.publish.clip not in ("bounds", "none", "demo", "manhattan", "nyc")
+        and not Path(cfg.publish.clip).is_absolute()
+    ):
+        pub["clip"] = str(base / cfg.publish.clip)
+    if cfg.publish.to and "://" not in cfg.publish.to and not Path(cfg.publish.to).is_absolute():
+        pub["to"] = str(base / cfg.publish.to)
+    if pub:
+        updates["publish"] = cfg.publish.model_copy(update=pub)
+    updates |= resolve_model_input_files(cfg, data, base)
     return cfg.model_copy(update=updates)

@@ -4,7 +4,9 @@ Frames
 - lat/lng: WGS84 degrees.
 - ground (E, N): metres in a transverse Mercator projection centred on the map seed (scale 1 at the
   seed, < 1.2e-5 scale error anywhere in NYC). The original used 111,111 m/degree with one cos(lat),
-  which drifts by metres to tens of metres across the city (see ``flat_earth_pixel``).
+  which drifts by metres to tens of metres across the city (see ``flat_earth_pixel``); a map with
+  ``projection = "legacy-flat"`` uses that formula instead (``geo.legacy``), so its quadrant keys match the
+  original's tiles.
 - camera plane (r, u): metres on the image plane of the orthographic camera; r to screen-right,
   u to screen-up. A ground point at height h sits at
   ``r = E·cos(az) − N·sin(az)``, ``u = (E·sin(az) + N·cos(az))·sin(dep) + h·cos(dep)``
@@ -25,6 +27,7 @@ from pyproj import Geod, Transformer
 from shapely.geometry import Polygon
 
 from isonyc_dagster.errors import IsonycError
+from isonyc_dagster.geo import legacy
 from isonyc_dagster.geo.config import MapConfig
 
 ArrayLike = float | np.ndarray
@@ -126,11 +129,15 @@ class MapGeometry:
 
     # --- lat/lng ↔ ground ---------------------------------------------------------------------
     def lnglat_to_ground(self, lng: ArrayLike, lat: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+        if self.config.projection == "legacy-flat":
+            return legacy.lnglat_to_ground(self.config, lng, lat)
         fwd, _ = _transformers(self.config.seed.lat, self.config.seed.lng)
         e, n = fwd.transform(np.asarray(lng, dtype=float), np.asarray(lat, dtype=float))
         return np.asarray(e), np.asarray(n)
 
     def ground_to_lnglat(self, e: ArrayLike, n: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+        if self.config.projection == "legacy-flat":
+            return legacy.ground_to_lnglat(self.config, e, n)
         _, inv = _transformers(self.config.seed.lat, self.config.seed.lng)
         lng, lat = inv.transform(np.asarray(e, dtype=float), np.asarray(n, dtype=float))
         return np.asarray(lng), np.asarray(lat)
@@ -274,7 +281,4 @@ class MapGeometry:
     # --- the original's formula, kept only to measure how far it drifts ------------------------
     def flat_earth_pixel(self, lat: ArrayLike, lng: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
         """World pixel by isometric-nyc's flat-earth inverse (111,111 m/deg, one cos(lat) at the seed)."""
-        s = self.config.seed
-        dn = (np.asarray(lat, float) - s.lat) * 111111.0
-        de = (np.asarray(lng, float) - s.lng) * 111111.0 * math.cos(math.radians(s.lat))
-        return self.ground_to_pixel(de, dn)
+        return self.ground_to_pixel(*legacy.lnglat_to_ground(self.config, lng, lat))

@@ -63,11 +63,15 @@ def _nyc_borough_polygons(geometry: MapGeometry, boroughs: tuple[str, ...] | Non
 
 @functools.lru_cache(maxsize=8)
 def _land_ground(
-    seed: tuple[float, float], key: str, mtime: float, boroughs: tuple[str, ...] | None
+    seed: tuple[float, float],
+    key: str,
+    mtime: float,
+    boroughs: tuple[str, ...] | None,
+    projection: Literal["exact", "legacy-flat"] = "exact",
 ) -> BaseGeometry:
-    # Cached per map seed (ground metres depend only on it): reading and projecting the 80k vertices
-    # of NYC costs ~0.3 s, clipping the cached polygon to a window ~1 ms.
-    geometry = MapGeometry(MapConfig(seed=LatLng(lat=seed[0], lng=seed[1])))
+    # Cached per map seed and projection (ground metres depend only on them): reading and projecting the 80k
+    # vertices of NYC costs ~0.3 s, clipping the cached polygon to a window ~1 ms.
+    geometry = MapGeometry(MapConfig(seed=LatLng(lat=seed[0], lng=seed[1]), projection=projection))
     if key == NYC_LAND:
         polys = _nyc_borough_polygons(geometry, boroughs)
     else:
@@ -103,7 +107,9 @@ def land_polygon(
             )
         mtime = p.stat().st_mtime
     s = geometry.config.seed
-    full = _land_ground((s.lat, s.lng), key, mtime, tuple(boroughs) if boroughs else None)
+    full = _land_ground(
+        (s.lat, s.lng), key, mtime, tuple(boroughs) if boroughs else None, geometry.config.projection
+    )
     if window is None:
         return full
     return clip_land(full, window)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import re
 import threading
@@ -39,6 +40,7 @@ from isonyc_dagster import layers
 from isonyc_dagster.fileio import atomic_write
 from isonyc_dagster.geo.boxes import QuadRect
 from isonyc_dagster.publish._codec import decode_rgba, encode_rgba
+from isonyc_dagster.publish.clip import BaseTile, BaseTiles, PublishSpec, placeholder_keys
 from isonyc_dagster.publish.layout import (
     Format,
     LevelInfo,
@@ -137,8 +139,10 @@ class _Builder:
         manifest: TileManifest,
         sha_of: Callable[[int, int], str | None],
         visit: Callable[[int, int, int], bool],
+        tiles: BaseTiles | None = None,
     ) -> None:
         self.store, self.layout, self.fmt, self.layer = store, layout, fmt, layer
+        self.tiles = None if tiles is None or tiles.spec.plain else tiles  # clip and placeholders
         self.files = out_dir / tiles_dirname(name)
         self.manifest, self.sha_of, self.visit = manifest, sha_of, visit
         self.params = f"{_ALGO}|{fmt}|{layout.tile}"
@@ -151,10 +155,16 @@ class _Builder:
         self.skipped = 0
 
     # -- helpers
-    def base_hash(self, sha: str | None) -> str:
-        """Input hash of a full-resolution tile: the quadrant's active sha (or its absence)."""
+    def base_plan(self, x: int, y: int, sha: str | None) -> BaseTile | None:
+        """How the published tile of quadrant (x, y) is made (``None``: the stored tile as is)."""
+        return None if self.tiles is None else self.tiles.plan(x, y, sha)
+
+    def base_hash(self, x: int, y: int, sha: str | None, plan: BaseTile | None = None) -> str:
+        """Input hash of a full-resolution tile: the quadrant's active sha (or its absence), and where clipping
+        or a placeholder makes the tile, what it is made from (a tile they leave alone hashes as without)."""
         t = self.layout.tile
-        return _h(self.params, "q", t, t, sha or "-")
+        plan = plan or self.base_plan(x, y, sha)
+        return _h(self.params, "q", t, t, *(plan.key if plan else (sha or "-",)))
 
     def upper_hash(self, level: int, col: int, row: int, kids: Iterable[str | None]) -> str:
         """Input hash of a lower-resolution tile: its size and its (up to four) children's hashes."""
@@ -228,11 +238,16 @@ class _Builder:
         x, y = self.layout.quadrant_of(col, row)
         sha = self.sha_of(x, y)
         t = self.layout.tile
-        h = self.base_hash(sha)
+        plan = self.base_plan(x, y, sha)
+        h = self.base_hash(x, y, sha, plan)
         if self._clean(h, old):
             with self._lock:
                 self.skipped += 1
             return _Node(h, old, False)
+        if plan is not None and (plan.kind in ("outside", "placeholder") or plan.where == "edge"):
+            drawn = self._drawn(col, row, plan, h, old)
+            if drawn is not None:
+                return drawn
         if sha is None:  # missing quadrant: transparent
             self._write(lv, col, row, self.blank(t, t), h)
             return _Node(h, old, True, lambda: None)
@@ -253,6 +268,25 @@ class _Builder:
             return arr[::2, ::2]
 
         return _Node(h, old, True, half)
+
+    def _drawn(self, col: int, row: int, plan: BaseTile, h: str, old: str | None) -> _Node | None:
+        """Write a clipped or placeholder base tile; ``None`` when the stored tile is published unchanged."""
+        assert self.tiles is not None
+        what = f"quadrant ({plan.x}, {plan.y}) of layer {self.layer!r} ({plan.kind})"
+        data = self.store.get_blob(plan.sha) if plan.sha else None
+        if data is None and plan.kind != "outside":
+            return None  # missing and not outside: the transparent tile of the plain path
+        arr = self.tiles.pixels(plan, data, lambda d: decode_rgba(d, what))
+        if arr is None:
+            return None
+        self._check_size(arr, what)
+        lv, t = self.layout.max_level, self.layout.tile
+        if not arr[..., 3].any():
+            self._write(lv, col, row, self.blank(t, t), h)
+            return _Node(h, old, True, lambda: None)
+        self._write(lv, col, row, encode_rgba(arr, self.fmt), h)
+        half = np.ascontiguousarray(arr[::2, ::2])
+        return _Node(h, old, True, lambda: half)
 
     def _check_size(self, arr: np.ndarray, what: str) -> None:
         t = self.layout.tile
@@ -377,6 +411,57 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def _publish_path(out: Path, name: str) -> Path:
+    return out / f".{name}.publish.json"
+
+
+def _save_spec(out: Path, name: str, spec: PublishSpec | None) -> None:
+    """Record the publish spec so that ``update_pyramid`` draws the same tiles (hidden: never served)."""
+    path = _publish_path(out, name)
+    if spec is None or spec.plain:
+        path.unlink(missing_ok=True)
+    else:
+        atomic_write(path, json.dumps(spec.to_json()).encode(), fsync=True)
+
+
+def _load_spec(out: Path, name: str) -> PublishSpec | None:
+    path = _publish_path(out, name)
+    if not path.is_file():
+        return None
+    try:
+        return PublishSpec.from_json(json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, KeyError, TypeError) as e:
+        raise PyramidError(f"{path} is unreadable ({e}); rebuild the pyramid (build_pyramid)") from None
+
+
+def _base_tiles(store: TileStore, spec: PublishSpec | None, bbox: QuadRect | None) -> BaseTiles | None:
+    """Clip and placeholder tiles of ``spec`` (renders preloaded over ``bbox``, else read per quadrant)."""
+    if spec is None or spec.plain:
+        return None
+    layer = spec.placeholder_layer
+    if bbox is None:
+        return BaseTiles(store, spec, lambda x, y: store.active(layer, x, y))
+    renders = {(v.x, v.y): v for v in store.list_active(layer, bbox=bbox)}
+    return BaseTiles(store, spec, lambda x, y: renders.get((x, y)))
+
+
+def _publish_info(store: TileStore, spec: PublishSpec | None, grid: QuadRect, layer: str) -> dict[str, Any]:
+    """The sidecar's ``publish`` entry: whether the map is clipped and which quadrants are placeholders."""
+    if spec is None or spec.plain:
+        return {"identity": None, "clip": False, "placeholders": []}
+    gens = {(v.x, v.y) for v in store.list_active(layer, bbox=grid)}
+    rendered = (
+        {(v.x, v.y) for v in store.list_active(spec.placeholder_layer, bbox=grid)}
+        if spec.placeholders
+        else set()
+    )
+    return {
+        "identity": spec.identity,
+        "clip": spec.clip is not None,
+        "placeholders": placeholder_keys(spec, gens, rendered),
+    }
+
+
 def build_pyramid(
     store: TileStore,
     out_dir: str | os.PathLike[str],
@@ -387,10 +472,12 @@ def build_pyramid(
     meta: dict[str, Any] | PyramidMeta | None = None,
     name: str | None = None,
     workers: int | None = None,
+    publish: PublishSpec | None = None,
 ) -> PyramidInfo:
     """Build (or bring up to date) the DZI pyramid of ``layer``'s active tiles over the inclusive quadrant
     bbox ``grid = (x0, y0, x1, y1)``. Tiles whose inputs did not change since the last build are skipped,
-    so re-running after a crash resumes. ``name`` defaults to the map name from ``meta["map"]``."""
+    so re-running after a crash resumes. ``name`` defaults to the map name from ``meta["map"]``.
+    ``publish`` clips the map's edges and fills missing quadrants with placeholders (``publish.clip``)."""
     t0 = time.perf_counter()
     if fmt not in ("png", "webp"):
         raise PyramidError(f"fmt must be 'png' or 'webp' (both lossless), got {fmt!r}")
@@ -415,8 +502,18 @@ def build_pyramid(
         manifest = TileManifest.of(out, name)
         try:
             manifest.preload()
+            _save_spec(out, name, publish)
             b = _Builder(
-                store, out, name, layout, fmt, layer, manifest, lambda x, y: shas.get((x, y)), lambda *_: True
+                store,
+                out,
+                name,
+                layout,
+                fmt,
+                layer,
+                manifest,
+                lambda x, y: shas.get((x, y)),
+                lambda *_: True,
+                _base_tiles(store, publish, layout.grid),
             )
             b.run(_workers(workers))
             _prune(manifest, files, layout, fmt)
@@ -425,6 +522,7 @@ def build_pyramid(
         now = _now()
         atomic_write(out / f"{name}.dzi", dzi_xml(layout, fmt).encode(), fsync=True)
         side = make_sidecar(name, layout, fmt, layer, m, now, now)
+        side["publish"] = _publish_info(store, publish, layout.grid, layer)
         sidecar_path = write_sidecar(out, side)
     stats = BuildStats(
         sum(b.written.values()), b.skipped, dict(sorted(b.written.items())), time.perf_counter() - t0
@@ -496,12 +594,25 @@ def update_pyramid(
                 return None if v is None else v.sha256
 
             manifest = TileManifest.of(out, name)
+            spec = _load_spec(out, name)
             try:
-                b = _Builder(store, out, name, layout, fmt, layer, manifest, sha_of, lambda *k: k in marked)
+                b = _Builder(
+                    store,
+                    out,
+                    name,
+                    layout,
+                    fmt,
+                    layer,
+                    manifest,
+                    sha_of,
+                    lambda *k: k in marked,
+                    _base_tiles(store, spec, None),
+                )
                 b.run(1 if len(inside) < 16 else _workers(workers))
             finally:
                 manifest.close()
             side["updated_at"] = _now()
+            side["publish"] = _publish_info(store, spec, layout.grid, layer)
             write_sidecar(out, side)
             written, skipped = dict(sorted(b.written.items())), b.skipped
     return BuildStats(sum(written.values()), skipped, written, time.perf_counter() - t0, ignored)
@@ -514,9 +625,10 @@ def pyramid_staleness(
     grid: QuadRect | tuple[int, int, int, int],
     name: str,
     layer: str = layers.GENERATION,
+    publish: PublishSpec | None = None,
 ) -> str | None:
     """Why the pyramid in ``out_dir`` does not show the store's active ``layer`` tiles over ``grid``; ``None``
-    when every tile file on disk is the one its inputs call for.
+    when every tile file on disk is the one its inputs call for (drawn with ``publish``'s clip and placeholders).
 
     Judged from the store and the tile manifest alone (never from timestamps): a crash during a build, a new
     output directory, deleted files or a repaired tile all read as stale, and an unchanged store as current.
@@ -546,12 +658,14 @@ def pyramid_staleness(
             manifest,
             lambda x, y: shas.get((x, y)),
             lambda *_: True,
+            _base_tiles(store, publish, grid),
         )
         expected: dict[tuple[int, int, int], str] = {}
 
         def expect(level: int, col: int, row: int) -> str:
             if level == layout.max_level:
-                h = b.base_hash(shas.get(layout.quadrant_of(col, row)))
+                qx, qy = layout.quadrant_of(col, row)
+                h = b.base_hash(qx, qy, shas.get((qx, qy)))
             else:
                 kids = [
                     expect(level + 1, 2 * col + dx, 2 * row + dy)

@@ -120,6 +120,11 @@ class PyramidLayout:
         return self.x0 + col, self.y0 + row
 
 
+def layers_index_path(out: Path, map_name: str) -> Path:
+    """``<map>_layers.json``: the layer pyramids built beside map ``map_name``, in the order the viewer offers them."""
+    return out / f"{map_name}_layers.json"
+
+
 def tiles_dirname(name: str) -> str:
     """The name of pyramid ``name``'s tiles directory, beside its ``.dzi``."""
     return f"{name}_files"

@@ -42,6 +42,7 @@ from isonyc_dagster.backends.base import (
 )
 from isonyc_dagster.backends.pixelart import palette as pal
 from isonyc_dagster.backends.pixelart._noise import bayer, hash_u32
+from isonyc_dagster.backends.pixelart.params import colourize
 from isonyc_dagster.backends.pixelart.style import MARGIN_PX, Camera, StyleParams, stylize
 from isonyc_dagster.geo.config import MapConfig
 from isonyc_dagster.geo.geometry import MapGeometry
@@ -77,12 +78,7 @@ class PixelArtBackend(ImageBackend):
         if isinstance(map_config, dict):
             map_config = MapConfig.model_validate(map_config)
         if isinstance(params, dict):
-            unknown = sorted(set(params) - set(StyleParams.__dataclass_fields__))
-            if unknown:
-                raise BackendConfigError(
-                    f"unknown pixel-art style parameter(s) {unknown}; valid: {sorted(StyleParams.__dataclass_fields__)}"
-                )
-            params = StyleParams(**params)
+            params = StyleParams.parse(params, source="pixelart params")
         self.geometry = MapGeometry(map_config or MapConfig())
         self.camera = Camera.from_geometry(self.geometry)
         self.params = params or StyleParams()
@@ -153,7 +149,8 @@ class PixelArtBackend(ImageBackend):
             sprite_box=(bx0 - rx0, by0 - ry0, bx1 - rx0, by1 - ry0),
             context_rgb=template[win],
         )
-        gen = pal.RGB[idx]  # region (ry0:ry1, rx0:rx1)
+        wy, wx = np.ogrid[oy + ry0 : oy + ry1, ox + rx0 : ox + rx1]
+        gen = colourize(idx, wx, wy, self.params)  # region (ry0:ry1, rx0:rx1); default style: pal.RGB[idx]
         out = template.copy()
         out[by0:by1, bx0:bx1] = gen[by0 - ry0 : by1 - ry0, bx0 - rx0 : bx1 - rx0]
 

@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage
 
-from isonyc_dagster.backends.base import BackendConfigError
 from isonyc_dagster.backends.pixelart import palette as pal
 from isonyc_dagster.backends.pixelart._noise import hash_u32, hash_unit, value_noise
+from isonyc_dagster.backends.pixelart.params import StyleParams, colourize
 from isonyc_dagster.geo.surfaces import Surface
 
 if TYPE_CHECKING:
@@ -49,32 +49,6 @@ class Camera:
         return self.mpp / self.sin_dep
 
 
-@dataclass(frozen=True)
-class StyleParams:
-    """Knobs of the look. All of them go into provenance; change them map-wide, never per step."""
-
-    seed: int = 0
-    floor_height_m: float = 3.6
-    window_spacing_m: float = 3.0
-    depth_edge_m: float = 1.5  # a height jump larger than this between neighbours is an occlusion edge
-    tree_density: float = 0.85
-    roof_detail_density: float = 0.6
-    lane_dash_m: float = 3.0
-
-    def __post_init__(self) -> None:
-        for name in ("floor_height_m", "window_spacing_m", "depth_edge_m", "lane_dash_m"):
-            if not getattr(self, name) > 0:
-                raise BackendConfigError(f"StyleParams.{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("tree_density", "roof_detail_density"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise BackendConfigError(
-                    f"StyleParams.{name} must be within 0..1, got {getattr(self, name)!r}"
-                )
-
-    def as_dict(self) -> dict[str, float | int]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
-
 #: Pixels of context a region needs around the output so local operators see real neighbours
 #: (the road centre-line search is the widest: 12 m ≈ 41 rows / 29 columns).
 MARGIN_PX = 48
@@ -95,6 +69,14 @@ _SPRITE_P = np.array([0.36, 0.2, 0.18, 0.1, 0.16])  # ac, ac_big, bulkhead, towe
 # Tree grid (world px).
 _TREE_CX, _TREE_CY = 17, 15
 _PAD = 3
+#: Tree canopy radius range (first, count) per ``StyleParams.tree_sprites``; "round" is the original 7..16 px.
+_TREE_RADII = {"round": (7.0, 10), "small": (4.0, 5), "large": (10.0, 7)}
+#: Roof palette kind remap per ``StyleParams.roof_style`` (5 base kinds; "mixed" keeps the hash's choice).
+_ROOF_STYLES = {
+    "pale": np.array([1, 3, 1, 3, 0]),
+    "dark": np.array([2, 4, 2, 4, 0]),
+    "tar": np.array([4, 4, 2, 4, 2]),
+}
 
 
 class _Buf:
@@ -353,7 +335,8 @@ class _Ctx:
         present_g = (hsh >> np.uint32(8)).astype(np.float32) * np.float32(1 / 16777216) < p
         ax_g = cxs * _TREE_CX + (hsh % _TREE_CX).astype(np.int64)
         ay_g = cys * _TREE_CY + ((hsh >> np.uint32(4)) % _TREE_CY).astype(np.int64)
-        r_g = 7.0 + ((hsh >> np.uint32(12)) % 10).astype(np.float32)  # 7..16 px ≤ cell: ±1 cell suffices
+        r0, rn = _TREE_RADII[self.params.tree_sprites]
+        r_g = r0 + ((hsh >> np.uint32(12)) % rn).astype(np.float32)  # ≤ 16 px ≤ cell: ±1 cell suffices
         # Lumpy canopy edges: the unit-circle test is perturbed by small-scale noise of the pixel.
         wobble = 1.0 + (value_noise(gx, gy, 3.0, salt=seed + 37) - 0.5) * 0.45
         for dj in (-1, 0, 1):
@@ -402,7 +385,8 @@ class _Ctx:
         c = np.full(flat.shape, _I("asphalt"), np.int16)
         c[n < 0.06] = _I("asphalt_dark")
         c[n > 0.965] = _I("asphalt_light")
-        c[self._centre_line(sub, mask, wx, wy)] = _I("lane_white")
+        if self.params.lane_markings:
+            c[self._centre_line(sub, mask, wx, wy)] = _I("lane_white")
         c[sub.any_nb(_N4, S_GROUND, S_PARK)] = _I("asphalt_kerb")
         self._shore(sub, c)
         self.out[flat] = c
@@ -507,6 +491,9 @@ class _Ctx:
         col_i = (wx + phase) // period
         win_w = np.clip(np.rint(period * pal.MAT_WIN_W[mat]), 2, period - 1).astype(np.int64)
         col_on = (cx >= 1) & (cx <= win_w)
+        pattern = self.params.window_pattern
+        if pattern == "bands":  # ribbon windows: a continuous band per floor
+            col_on = np.ones_like(col_on)
 
         # Floors are bands of height: integer "height pixels" step exactly once per screen row.
         fp = np.maximum(np.rint(self.params.floor_height_m * lut.floor_f * cam.k), 6).astype(np.int64)[bi]
@@ -515,6 +502,8 @@ class _Ctx:
         rp = hp - floor_i * fp
         win_h = np.clip(np.rint(fp * pal.MAT_WIN_H[mat]), 2, fp - 3).astype(np.int64)
         row_on = (rp >= 2) & (rp < 2 + win_h)
+        if pattern == "checker":
+            col_on &= (col_i + floor_i) % 2 == 0
 
         # Piers at the wall's ends and the cornice under the roof: no windows there.
         pier = sub.take(
@@ -532,14 +521,16 @@ class _Ctx:
         win = np.where(lit, win_t[mat], _I("win_shade")).astype(np.int16)
         win[cell > 0.82] = _I("win_blue")
         win[lit & (cell > 0.94)] = _I("win_sky")
-        win[cell > 0.988] = _I("win_warm")
+        win[cell > 1.0 - self.params.window_lit_fraction] = _I("win_warm")  # default: exactly 0.988
 
         ok = ~pier & ~below & (floor_i >= 1)
         c = base.copy()
         punched = ~glass
         is_win = punched & col_on & row_on & ok
+        if self.params.window_density < 1.0:
+            is_win &= hash_unit(sub.b, col_i, floor_i, salt=seed + 61) < self.params.window_density
         c[is_win] = win[is_win]
-        sill = punched & pal.MAT_SILLS[mat] & col_on & (rp == 1) & ok & lit
+        sill = punched & pal.MAT_SILLS[mat] & col_on & (rp == 1) & ok & lit & self.params.window_sills
         c[sill] = _I("sill")
 
         # Curtain walls: glass with a mullion grid; whole bays catch the sky now and then.
@@ -557,7 +548,7 @@ class _Ctx:
         cx2 = (wx + phase) % p2
         shop = store & (rp >= 1) & (rp < fp - 3) & (cx2 >= 1) & (cx2 < p2 - 1)
         c[shop] = _I("store_glass")
-        awn = store & lut.awning[bi] & ((rp == fp - 3) | (rp == fp - 2))
+        awn = store & lut.awning[bi] & ((rp == fp - 3) | (rp == fp - 2)) & self.params.awnings
         c[awn] = lut.awning_c[bi][awn]
 
         # Cornice under the roof edge, a highlight down the lit side of each corner, a dark foot.
@@ -583,6 +574,8 @@ class _Ctx:
         wx, wy = self.world(sub)
         bi = lut.index(sub.b)
         kind = lut.roof_kind[bi]
+        if self.params.roof_style != "mixed":
+            kind = _ROOF_STYLES[self.params.roof_style][kind]
         mat = lut.mat[bi]
         n = hash_unit(wx, wy, salt=seed + 19)
         weather = value_noise(wx, wy, 22.0, salt=seed + 20)
@@ -684,7 +677,8 @@ class _Ctx:
                 outside = (tx < bx0) | (tx >= bx1) | (ty < by0) | (ty >= by1)
                 seen = vis & outside
                 if context_rgb is not None:
-                    match = np.all(context_rgb[ty, tx] == pal.RGB[col], axis=-1) & seen
+                    drawn = colourize(col, tx + x0, ty + y0, self.params)  # the colour the context step drew
+                    match = np.all(context_rgb[ty, tx] == drawn, axis=-1) & seen
                     shown = match.sum(axis=1) >= 0.75 * np.maximum(seen.sum(axis=1), 1)
                 else:
                     shown = np.zeros(len(ax), bool)
@@ -699,6 +693,8 @@ class _Ctx:
         whose neighbour stands more than ``depth_edge_m`` higher is hidden behind it: the line goes
         there, which keeps the occluder's silhouette (and its light roof rim) intact.
         """
+        if self.params.outline_mode == "none":
+            return
         hp = np.pad(hgt, 1, mode="edge")
         hh, ww = hgt.shape
         lim = hgt + np.float32(self.params.depth_edge_m)
@@ -706,4 +702,6 @@ class _Ctx:
         far |= hp[2 : hh + 2, 1 : ww + 1] > lim
         far |= hp[1 : hh + 1, 0:ww] > lim
         far |= hp[1 : hh + 1, 2 : ww + 2] > lim
+        if self.params.outline_mode == "thick":  # two pixels: the line grows onto the far side's next pixel
+            far = ndimage.binary_dilation(far)
         self.out[far.ravel()] = _I("outline")

@@ -3,10 +3,19 @@
 import base64
 import hashlib
 import io
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import dagster as dg
+from dagster._core.definitions.data_version import (
+    CODE_VERSION_TAG,
+    DATA_VERSION_IS_USER_PROVIDED_TAG,
+    DATA_VERSION_TAG,
+    DEFAULT_DATA_VERSION,
+    NULL_EVENT_POINTER,
+    get_input_data_version_tag,
+    get_input_event_pointer_tag,
+)
 from PIL import Image
 
 from isonyc_dagster.defs.partitions import parse_key2
@@ -20,6 +29,11 @@ def partition_pairs(context: dg.AssetExecutionContext) -> list[tuple[int, int]]:
     """The (x, y) / (bx, by) pairs of every partition of this run (single partition or a range)."""
     # context.partition_key raises in range runs: always go through partition_keys.
     return [parse_key2(k) for k in context.partition_keys]
+
+
+def key2s(pairs: Iterable[tuple[int, int]]) -> dg.MetadataValue:
+    """Partition keys (``x|y``) of quadrants or cells, as metadata."""
+    return dg.MetadataValue.json([f"{a}|{b}" for a, b in pairs])
 
 
 def thumbnail_md(png: bytes, *, max_px: int = 160, title: str = "preview") -> dg.MetadataValue:
@@ -36,10 +50,10 @@ def thumbnail_md(png: bytes, *, max_px: int = 160, title: str = "preview") -> dg
 
 
 def combined_version(shas: Mapping[str, str]) -> dg.DataVersion:
-    """Data version of a run: the image hash for one partition, a hash of all (key, hash) pairs for a range.
+    """Data version of a run step: the image hash for one partition, a hash of all (key, hash) pairs for a range.
 
-    Dagster records one data version per materialization step, so in a range run every partition gets the combined
-    hash; regenerating one partition later gives that partition alone a new version, and only its dependants go stale.
+    Dagster records one data version per materialization step; ``PartitionRun.outputs`` therefore follows a range
+    run's step materialization with one materialization per partition carrying that partition's own hash.
     """
     if len(shas) == 1:
         return dg.DataVersion(next(iter(shas.values())))
@@ -49,9 +63,42 @@ def combined_version(shas: Mapping[str, str]) -> dg.DataVersion:
     return dg.DataVersion(h.hexdigest())
 
 
-#: Shown on every partition of a multi-partition run: Dagster keeps one metadata set per run step, so each
-#: partition's own previews and provenance are logged as an observation of that partition.
+def _input_provenance(context: dg.AssetExecutionContext) -> dict[str, str]:
+    """Data-version provenance tags of this asset's inputs, as Dagster writes them on its own materializations:
+    the code version, and per upstream asset its latest materialization's data version and storage id (the cursor
+    from which later upstream partition versions count as changes). Read when the run starts, like Dagster does."""
+    key = context.asset_key
+    spec = context.assets_def.specs_by_key[key]
+    tags = {CODE_VERSION_TAG: context.assets_def.code_versions_by_key.get(key) or context.run.run_id}
+    parents = [d.asset_key for d in spec.deps]
+    records = (
+        {r.asset_entry.asset_key: r for r in context.instance.get_asset_records(parents)} if parents else {}
+    )
+    for parent in parents:
+        rec = records.get(parent)
+        last = rec.asset_entry.last_materialization_record if rec is not None else None
+        version = None
+        if last is not None and last.asset_materialization is not None:
+            version = (
+                last.asset_materialization.tags.get(DATA_VERSION_TAG)
+                if last.asset_materialization.tags
+                else None
+            )
+        tags[get_input_data_version_tag(parent)] = version or DEFAULT_DATA_VERSION.value
+        tags[get_input_event_pointer_tag(parent)] = (
+            str(last.storage_id) if last is not None else NULL_EVENT_POINTER
+        )
+    return tags
+
+
+#: Shown on a range run's step materialization: Dagster keeps one metadata set and one data version per run step,
+#: so each partition's own previews, provenance and data version follow as that partition's own materialization.
 PER_PARTITION_NOTE = (
+    "this run covered several partitions: each partition's own previews, provenance and data version (its content "
+    "hash) are on its own materialization, logged right after this one (open the partition)"
+)
+#: The older note of ``PartitionRun.result`` (per-partition metadata as observations).
+PER_PARTITION_OBSERVATION_NOTE = (
     "this run covered several partitions: this partition's previews and provenance are its AssetObservation "
     "(Events tab, or 'View all historical events' on the partition)"
 )
@@ -67,8 +114,8 @@ def observe(context: dg.AssetExecutionContext, partition: str, metadata: dict) -
 class PartitionRun:
     """The partitions of one run (one key or a key range), and what the asset reports about each.
 
-    Dagster keeps one metadata set per run step: a single-partition run gets the partition's metadata on its
-    materialization; a range run logs each partition's metadata as an observation of that partition and says so.
+    ``outputs`` gives every partition its own data version (its content hash) and metadata, also in range runs:
+    identical output never marks a dependant stale, and a changed partition marks exactly its own dependants.
     """
 
     def __init__(self, context: dg.AssetExecutionContext) -> None:
@@ -76,7 +123,11 @@ class PartitionRun:
         self.keys: list[str] = list(context.partition_keys)
         self.pairs = partition_pairs(context)
         self.shas: dict[str, str] = {}
-        self._last: dict[str, Any] = {}
+        self.meta: dict[str, dict[str, Any]] = {}
+        # Dagster reads its inputs' versions before the step runs; so do we (a concurrent upstream run after this
+        # point must still make this asset stale).
+        single = len(context.assets_def.keys) == 1  # a multi-asset step has no one asset_key to describe
+        self._provenance = _input_provenance(context) if len(self.keys) > 1 and single else {}
 
     def __iter__(self) -> Iterator[tuple[str, tuple[int, int]]]:
         return iter(zip(self.keys, self.pairs, strict=True))
@@ -94,18 +145,47 @@ class PartitionRun:
         observe(self.context, key, metadata)
 
     def record(self, key: str, sha256: str, metadata: dict[str, Any]) -> None:
-        """A partition done: its output hash (for the data version) and its metadata."""
+        """A partition done: its output hash (its data version) and its own metadata."""
         self.shas[key] = sha256
-        self._last = metadata
-        if len(self.keys) > 1:
-            observe(self.context, key, metadata)
+        self.meta[key] = metadata
 
     def result(self, metadata: dict[str, Any], **kwargs: Any) -> dg.MaterializeResult:
-        """The run's materialization: totals, plus the partition's own metadata when there is one partition."""
+        """The run's materialization with one data version for the whole run step (range runs log each partition's
+        metadata as an observation). Prefer ``outputs``, which gives each partition its own data version."""
         meta = dict(metadata)
         if len(self.keys) == 1:
-            meta.update(self._last)
+            meta.update(next(iter(self.meta.values()), {}))
         else:
-            meta["per_partition"] = PER_PARTITION_NOTE
+            for key, m in self.meta.items():
+                observe(self.context, key, m)
+            meta["per_partition"] = PER_PARTITION_OBSERVATION_NOTE
         version = combined_version(self.shas) if self.shas else None
         return dg.MaterializeResult(metadata=meta, data_version=version, **kwargs)
+
+    def outputs(
+        self, metadata: dict[str, Any], *, check_results: Iterable[dg.AssetCheckResult] = ()
+    ) -> Iterator[dg.MaterializeResult | dg.AssetMaterialization]:
+        """The run's materialization, then (range runs) one materialization per partition done, carrying that
+        partition's own metadata and its content hash as data version with Dagster's provenance tags, so the
+        stale-status resolver compares per partition. The asset body must ``yield from`` this."""
+        meta = dict(metadata)
+        if len(self.keys) == 1:
+            meta.update(next(iter(self.meta.values()), {}))
+            version = next(iter(self.shas.values()), None)
+            yield dg.MaterializeResult(
+                metadata=meta,
+                data_version=dg.DataVersion(version) if version else None,
+                check_results=list(check_results),
+            )
+            return
+        meta["per_partition"] = PER_PARTITION_NOTE
+        yield dg.MaterializeResult(
+            metadata=meta,
+            data_version=combined_version(self.shas) if self.shas else None,
+            check_results=list(check_results),
+        )
+        for key, sha in self.shas.items():
+            tags = {**self._provenance, DATA_VERSION_TAG: sha, DATA_VERSION_IS_USER_PROVIDED_TAG: "true"}
+            yield dg.AssetMaterialization(
+                asset_key=self.context.asset_key, partition=key, metadata=self.meta[key], tags=tags
+            )

@@ -5,7 +5,7 @@ import dagster as dg
 from isonyc_dagster.defs.resources import ProjectResource
 
 
-@dg.asset(group_name="map", compute_kind="python")
+@dg.asset(group_name="inputs", compute_kind="python")
 def geodata(context: dg.AssetExecutionContext, project: ProjectResource) -> dg.MaterializeResult:
     """Load every geodata source (or the synthetic offline city) for the bounds plus margins, and cache it.
 

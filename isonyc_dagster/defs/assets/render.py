@@ -1,5 +1,7 @@
 """The ``render`` asset: the whitebox isometric render of each quadrant, with its per-pixel buffers."""
 
+from collections.abc import Iterator
+
 import dagster as dg
 
 from isonyc_dagster import layers
@@ -13,13 +15,15 @@ def build_render_asset(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefi
         name=layers.RENDER,
         partitions_def=partitions_def,
         deps=[layers.GEODATA],
-        group_name="map",
+        group_name="inputs",
         compute_kind="numpy",
         code_version=f"whitebox-palette{PALETTE_VERSION}-stable-ids",
         # Renders have no ordering constraints: a backfill may put many quadrants in one run.
         backfill_policy=dg.BackfillPolicy.single_run(),
     )
-    def render(context: dg.AssetExecutionContext, project: ProjectResource) -> dg.MaterializeResult:
+    def render(
+        context: dg.AssetExecutionContext, project: ProjectResource
+    ) -> Iterator[dg.MaterializeResult | dg.AssetMaterialization]:
         """Render each quadrant of the run from the prepared city; store RGB (PNG) and aux buffers (npz)."""
         p = project.get()
         run = PartitionRun(context)
@@ -33,7 +37,7 @@ def build_render_asset(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefi
             drawn = int(version.provenance["buildings_drawn"])
             drawn_total += drawn
             meta = {
-                "quadrant": f"{x},{y}",
+                "quadrant": key,
                 "sha256": version.sha256,
                 "version": version.version,
                 "buildings_drawn": drawn,
@@ -43,9 +47,9 @@ def build_render_asset(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefi
                 "synthetic_city": bool(version.provenance["synthetic"]),
             }
             if run.thumbnails:
-                meta["preview"] = thumbnail_md(p.store.get_blob(version.sha256), title=f"render {x},{y}")
+                meta["preview"] = thumbnail_md(p.store.get_blob(version.sha256), title=f"render {key}")
             run.record(key, version.sha256, meta)
-        return run.result(
+        yield from run.outputs(
             {"quadrants_rendered": len(run.shas), "outside_bounds": skipped, "buildings_drawn": drawn_total}
         )
 

@@ -5,18 +5,28 @@ between step assets are partition mappings (``defs.partitions.LatticeMappings``)
 step used and what goes stale on regeneration.
 """
 
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
 
 from isonyc_dagster import layers
-from isonyc_dagster.backends.base import BackendError
-from isonyc_dagster.defs.assets._common import PartitionRun, thumbnail_md
+from isonyc_dagster.backends.base import BackendError, ImageBackend
+from isonyc_dagster.defs.assets._common import PartitionRun, key2s, thumbnail_md
+from isonyc_dagster.defs.links import step_links
 from isonyc_dagster.defs.resources import GeneratorResource, ProjectResource
 from isonyc_dagster.generate.plan import Step, StepKind
+from isonyc_dagster.generate.references import ReferenceMissing, ReferenceSelector, StyleRefs
+from isonyc_dagster.generate.repair import kept_sha, manual_quadrants
+from isonyc_dagster.generate.rules import BackendPool, ModelInputs, step_settings
 from isonyc_dagster.generate.step import StepInputs, StepResult, StepSettings, run_step, step_seed
 from isonyc_dagster.generate.template import ContextMissing, OutputRejected, RenderMissing, Template
 from isonyc_dagster.project import Project
+
+#: Run tag that lets a step run overwrite versions a person made (``"true"``); without it they are kept.
+OVERRIDE_MANUAL_TAG = "isonyc/override_manual"
 
 #: Dagster asset name of each step kind.
 STEP_ASSET_NAMES: dict[StepKind, str] = {kind: layers.STEP_ASSETS[kind.value] for kind in StepKind}
@@ -40,25 +50,53 @@ def build_step_asset(
     )
     def _step_asset(
         context: dg.AssetExecutionContext, project: ProjectResource, generator: GeneratorResource
-    ) -> dg.MaterializeResult:
+    ) -> Iterator[dg.MaterializeResult | dg.AssetMaterialization]:
         p = project.get()
         inputs = p.step_inputs()
         run = PartitionRun(context)
         planned = _plan_run(run, p, kind, inputs)
-        settings = StepSettings(
-            prompt=p.config.prompt,
-            generator_key=generator.identity(p.config.prompt),
-            candidates=generator.candidates,
+        pool = BackendPool(
+            lambda name, model: generator.build_for(p.config.map, name, model, _profile_settings(p, name))
         )
-        backend = generator.build(p.config.map)
+        selector = p.reference_selector()
         try:
-            for key, step, template in planned:
+            resolved = _resolve_inputs(p, planned, pool, selector)
+            calls: list[_StepCall] = []
+            for (key, step, template), (backend, mi) in zip(planned, resolved, strict=True):
                 seed = step_seed(p.config.map.name, step, generator.seed_offset)
+                settings = step_settings(
+                    mi,
+                    generator_key=generator.identity_for(
+                        mi.backend, mi.model, mi.prompt or "", _profile_settings(p, mi.backend)
+                    ),
+                    candidates=generator.candidates,
+                )
                 try:
-                    out = run_step(p.store, backend, step, inputs, template, settings, seed=seed)
+                    refs = selector.select(step, backend)
                 except (BackendError, OutputRejected) as e:
                     raise dg.Failure(description=f"step {step.key}: {e}", allow_retries=True) from e
-                run.record(key, out.output_sha, _step_metadata(out, thumbnails=run.thumbnails))
+                calls.append(_StepCall(key, step, template, backend, settings, seed, refs))
+
+            def call(c: _StepCall) -> StepResult:
+                try:
+                    return run_step(
+                        p.store,
+                        c.backend,
+                        c.step,
+                        inputs,
+                        c.template,
+                        c.settings,
+                        seed=c.seed,
+                        style_refs=c.refs,
+                    )
+                except (BackendError, OutputRejected) as e:
+                    raise dg.Failure(description=f"step {c.step.key}: {e}", allow_retries=True) from e
+
+            for c, out in _in_flight(call, calls):
+                key, step = c.key, c.step
+                meta = _step_metadata(out, thumbnails=run.thumbnails, store=p.store)
+                meta |= step_links(p.plan, p.config.dagster_url, step, out.provenance["context"])
+                run.record(key, out.output_sha, meta)
                 context.log.info(
                     "%s %s (%d quadrants, context %d) with %s",
                     "reused already committed" if out.reused else "generated",
@@ -68,10 +106,68 @@ def build_step_asset(
                     out.provenance.get("backend"),
                 )
         finally:
-            backend.close()
-        return run.result({"steps_generated": len(run.shas)})
+            pool.close()
+        yield from run.outputs({"steps_generated": len(run.shas)})
 
     return _step_asset
+
+
+@dataclass(frozen=True)
+class _StepCall:
+    key: str
+    step: Step
+    template: Template
+    backend: ImageBackend
+    settings: StepSettings
+    seed: int
+    refs: StyleRefs | None
+
+
+def _in_flight(
+    call: Callable[[_StepCall], StepResult], calls: list[_StepCall]
+) -> Iterator[tuple[_StepCall, StepResult]]:
+    """``call`` on every step, as many at once as their backends take (``max_in_flight``: N endpoints × their
+    concurrency keeps every GPU fed; 1, sequential, for a local backend); yields each as it finishes. After a
+    failure the calls already in flight finish and are yielded (their GPU work is kept), none starts, and it raises.
+    """
+    width = min(len(calls), sum({id(c.backend): c.backend.max_in_flight for c in calls}.values())) or 1
+    with ThreadPoolExecutor(width, thread_name_prefix="step") as ex:
+        futures = {ex.submit(call, c): c for c in calls}
+        failure: BaseException | None = None
+        for f in as_completed(futures):
+            if f.cancelled():
+                continue
+            if (e := f.exception()) is not None:
+                if failure is None:
+                    failure = e
+                    for other in futures:
+                        other.cancel()
+                continue
+            yield futures[f], f.result()
+    if failure is not None:
+        raise failure
+
+
+def _profile_settings(p: Project, backend: str) -> dict[str, Any]:
+    profile = p.config.backends.get(backend)
+    return dict(profile.settings) if profile is not None else {}
+
+
+def _resolve_inputs(
+    p: Project, planned: list[tuple[str, Step, Template]], pool: BackendPool, selector: ReferenceSelector
+) -> list[tuple[ImageBackend, ModelInputs]]:
+    """Each planned step's backend and inputs; a backend that needs a style reference and can get none fails the
+    run here, before any model call (retrying cannot help: the user must add a reference or anchors)."""
+    out: list[tuple[ImageBackend, ModelInputs]] = []
+    for _key, step, _template in planned:
+        mi = p.step_rules.resolve(step)
+        backend = pool.get(mi.backend, mi.model)
+        try:
+            selector.check(backend)
+        except ReferenceMissing as e:
+            raise dg.Failure(description=str(e), allow_retries=False) from None
+        out.append((backend, mi.with_backend_default(backend)))
+    return out
 
 
 def _plan_run(
@@ -80,19 +176,31 @@ def _plan_run(
     """Every step of the run with its template; fails fast, before any model call, if one lacks its inputs."""
     planned: list[tuple[str, Step, Template]] = []
     missing: list[str] = []
+    first: set[str] = set()
     for key, cell in run:
         step = p.plan.get(kind, cell)
         if step is None:
             run.skip(key, {"empty": True, "reason": "no quadrant of this step is inside the bounds"})
             continue
+        manual = manual_quadrants(p.store, step.quadrants)
+        if manual and run.context.run.tags.get(OVERRIDE_MANUAL_TAG) != "true":
+            # A person made these pixels (repair, revert, regenerate, import): keep them, never overwrite.
+            run.record(key, kept_sha(p.store, step), {"step": step.key, "kept_person_made": key2s(manual)})
+            continue
         try:
             planned.append((key, step, inputs.template(step)))
         except (ContextMissing, RenderMissing) as e:
             missing.append(str(e))
+            first.update(_run_first(p, e))
     if missing:
         raise dg.Failure(
-            description="context not ready, nothing was generated: " + "; ".join(missing[:10]),
-            metadata={"missing": dg.MetadataValue.json(missing[:50])},
+            description="context not ready, nothing was generated: "
+            + "; ".join(missing[:10])
+            + f". Run first: {', '.join(sorted(first)[:20])}",
+            metadata={
+                "missing": dg.MetadataValue.json(missing[:50]),
+                "run_first": dg.MetadataValue.json(sorted(first)),
+            },
             # Retrying inside this run cannot help: the wave scheduler requests the step again once its
             # context is materialized (and a manual launch should fail at once, with this message).
             allow_retries=False,
@@ -100,7 +208,15 @@ def _plan_run(
     return planned
 
 
-def _step_metadata(out: StepResult, *, thumbnails: bool) -> dict[str, Any]:
+def _run_first(p: Project, e: ContextMissing | RenderMissing) -> set[str]:
+    """The partitions to materialize before a step whose inputs are missing, as ``asset[partition key]``."""
+    if isinstance(e, RenderMissing):
+        return {f"{layers.RENDER}[{x}|{y}]" for x, y in e.quadrants}
+    steps = [p.plan.step_for_quadrant(x, y) for x, y in e.quadrants if (x, y) in p.quadrants]
+    return {f"{STEP_ASSET_NAMES[s.kind]}[{s.cell[0]}|{s.cell[1]}]" for s in steps}
+
+
+def _step_metadata(out: StepResult, *, thumbnails: bool, store: Any = None) -> dict[str, Any]:
     prov, step = out.provenance, out.step
     meta: dict[str, Any] = {
         "step": step.key,
@@ -110,11 +226,20 @@ def _step_metadata(out: StepResult, *, thumbnails: bool) -> dict[str, Any]:
         "model_id": str(prov.get("model_id")),
         "seed": prov.get("seed"),
         "prompt_sha256": str(prov.get("prompt_sha256")),
+        "rule": str(prov.get("rule") or "(none)"),
+        "style_refs": dg.MetadataValue.json(prov.get("style_refs") or []),
+        "preprocess": dg.MetadataValue.json(prov.get("preprocess") or {}),
         "template_sha256": out.template_sha,
         "output_sha256": prov["output_sha256"],
         "latency_s": float(prov.get("latency_s") or 0.0),
     }
     if thumbnails:
-        meta["template"] = thumbnail_md(out.template.png, max_px=256, title=f"template {step.key}")
+        # What the model received: the template after preprocessing (if any).
+        meta["template"] = thumbnail_md(out.model_input_png, max_px=256, title=f"template {step.key}")
         meta["output"] = thumbnail_md(out.output_png, max_px=256, title=f"output {step.key}")
+    if post := prov.get("postprocess"):  # pixel-art post-processing: the raw model output beside the result
+        meta["postprocess"] = dg.MetadataValue.json(post)
+        if thumbnails and store is not None and store.has_blob(post["raw_sha256"]):
+            raw = store.get_blob(post["raw_sha256"])
+            meta["before_postprocess"] = thumbnail_md(raw, max_px=256, title=f"raw output {step.key}")
     return meta

@@ -1,5 +1,7 @@
 """The ``water_mask`` asset: per-quadrant water class and soft mask, from geometry (never from colours)."""
 
+from collections.abc import Iterator
+
 import dagster as dg
 
 from isonyc_dagster import layers
@@ -13,12 +15,14 @@ def build_water_asset(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefin
         name=layers.WATER_MASK,
         partitions_def=partitions_def,
         deps=[layers.RENDER],
-        group_name="map",
+        group_name="inputs",
         compute_kind="numpy",
         code_version=f"edt-falloff{FALLOFF_PX:g}",
         backfill_policy=dg.BackfillPolicy.single_run(),
     )
-    def water_mask_asset(context: dg.AssetExecutionContext, project: ProjectResource) -> dg.MaterializeResult:
+    def water_mask_asset(
+        context: dg.AssetExecutionContext, project: ProjectResource
+    ) -> Iterator[dg.MaterializeResult | dg.AssetMaterialization]:
         """Water projected with the renderer's camera: ALL_WATER / ALL_LAND / WATER_EDGE flag + a soft mask."""
         p = project.get()
         inputs = p.step_inputs()
@@ -31,14 +35,14 @@ def build_water_asset(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefin
             out = store_water_mask(p.store, inputs.render_aux, x, y, quadrant_px=p.geometry.q)
             counts[out.kind.name] += 1
             meta = {
-                "quadrant": f"{x},{y}",
+                "quadrant": key,
                 "water": out.kind.name,
                 "water_fraction": out.water_fraction,
                 "sha256": out.version.sha256,
             }
             if run.thumbnails:
-                meta["mask"] = thumbnail_md(out.png, max_px=128, title=f"water {x},{y}")
+                meta["mask"] = thumbnail_md(out.png, max_px=128, title=f"water {key}")
             run.record(key, out.version.sha256, meta)
-        return run.result({k.lower(): v for k, v in counts.items()})
+        yield from run.outputs({k.lower(): v for k, v in counts.items()})
 
     return water_mask_asset

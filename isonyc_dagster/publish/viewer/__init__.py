@@ -59,7 +59,7 @@ def write_viewer(
 ) -> Path:
     """Install the viewer next to pyramid ``dzi_name`` in ``out_dir``; returns the path of index.html.
 
-    Writes index.html, viewer.js, viewer.css and openseadragon/ (the npm build, minified JS + button
+    Writes index.html, viewer.js, viewer.css, layers.js and openseadragon/ (the npm build, minified JS + button
     images + licence). Serve the directory (``isonyc_dagster.publish.serve.serve``) and open its URL."""
     out = Path(out_dir)
     try:
@@ -71,7 +71,7 @@ def write_viewer(
     page = page.replace("{{TITLE}}", html.escape(side["title"])).replace("{{MAP}}", html.escape(side["name"]))
     # Static files that every export rewrites: no fsync (dozens of small files, nothing lost on a crash).
     atomic_write(out / "index.html", page.encode(), fsync=False)
-    for f in ("viewer.js", "viewer.css"):
+    for f in ("viewer.js", "viewer.css", "layers.js"):
         atomic_write(out / f, (_HERE / f).read_bytes(), fsync=False)
     dst = out / "openseadragon"
     (dst / "images").mkdir(parents=True, exist_ok=True)
@@ -88,7 +88,7 @@ def write_viewer(
 
 
 #: What ``write_viewer`` installs, relative to the map directory.
-VIEWER_FILES = ("index.html", "viewer.js", "viewer.css", "openseadragon/openseadragon.min.js")
+VIEWER_FILES = ("index.html", "viewer.js", "viewer.css", "layers.js", "openseadragon/openseadragon.min.js")
 
 
 def viewer_missing(out_dir: str | os.PathLike[str]) -> str | None:

@@ -61,7 +61,8 @@
     const viewer = OpenSeadragon({
       id: "map",
       prefixUrl: "openseadragon/images/",
-      tileSources: side.dzi,
+      // pmtiles.html adds pmtiles-source.js: the same tiles from the PMTiles archive by HTTP range requests.
+      tileSources: (window.isonycTileSource && window.isonycTileSource(side)) || side.dzi,
       // Pixel art: never interpolate. imageSmoothingEnabled covers the canvas and WebGL drawers
       // (NEAREST texture filtering); smoothTileEdgesMinZoom=Infinity stops the canvas drawer from
       // redrawing tiles through a smoothed sketch canvas when zoomed in.
@@ -82,6 +83,8 @@
     });
 
     const state = { hover: null, selected: null, overlay: null };
+    // Quadrants shown as their dimmed whitebox render because no generation exists yet (publish placeholders).
+    const placeholders = new Set(((side.publish || {}).placeholders || []).map(([px, py]) => `${px},${py}`));
 
     // Screen position (relative to the viewer element) → quadrant key, or null off the map.
     function quadrantAt(pixel) {
@@ -96,7 +99,7 @@
       state.hover = key;
       const out = $("quadrant");
       if (key) {
-        out.textContent = `${key.x}, ${key.y}`;
+        out.textContent = `${key.x}, ${key.y}${placeholders.has(`${key.x},${key.y}`) ? " · placeholder (render)" : ""}`;
         out.dataset.x = key.x;
         out.dataset.y = key.y;
       } else {
@@ -152,13 +155,17 @@
       }
       const ready = () => {
         body.dataset.state = "ready";
-        $("status").textContent = `${side.grid.width}×${side.grid.height} quadrants · scroll to zoom, click to select`;
+        const ph = placeholders.size
+          ? ` · ${placeholders.size} placeholder${placeholders.size === 1 ? "" : "s"} (dimmed render, not generated yet)`
+          : "";
+        $("status").textContent = `${side.grid.width}×${side.grid.height} quadrants${ph} · scroll to zoom, click to select`;
       };
       if (item.getFullyLoaded()) ready();
       else item.addOnceHandler("fully-loaded-change", ready);
     });
 
     window.isonyc = { viewer, side, quadrantAt, select, dagsterLink: (x, y) => dagsterLink(side, x, y) };
+    window.dispatchEvent(new CustomEvent("isonyc:viewer", { detail: window.isonyc })); // layers.js
   }
 
   main();

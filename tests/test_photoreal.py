@@ -8,6 +8,7 @@ the production map (≈ 2 km from its seed) and of a map seeded 7 km away.
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -316,11 +317,13 @@ def _kill_chromium_browser() -> int:
 def test_a_killed_chromium_is_relaunched_and_the_quadrant_retried(geometry, fault_server):
     city, server = fault_server
     killed: list[int] = []
+    lock = threading.Lock()  # the tile server answers on several threads: exactly one of them kills
 
     def kill_once(path: str) -> None:
-        if path.startswith("detail_") and not killed:
-            killed.append(_kill_chromium_browser())
-            time.sleep(0.5)
+        with lock:
+            if path.startswith("detail_") and not killed:
+                killed.append(_kill_chromium_browser())
+                time.sleep(0.5)
 
     x, y = _busy_quadrants(geometry, city, 1)[0]
     with PhotorealRenderer(

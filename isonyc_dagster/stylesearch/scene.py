@@ -63,17 +63,20 @@ class Scene:
     def from_render(cls, res: RenderResult, size: int, map_config: MapConfig | None = None) -> Scene:
         """The centred ``size``² crop of a render window (which must be at least ``size + 2 × margin``)."""
         h, w = res.surface.shape
+        side = _check_side(h, w, size)
+        return cls._crop(res, (w - side) // 2, (h - side) // 2, size, map_config)
+
+    @classmethod
+    def _crop(cls, res: RenderResult, x: int, y: int, size: int, map_config: MapConfig | None) -> Scene:
+        """The scene of ``res``'s window of side ``size`` + margins whose top-left pixel is (x, y)."""
         side = size + 2 * MARGIN_PX
-        if h < side or w < side:
-            raise StyleSearchError(f"render window {w}×{h} is smaller than the scene window {side}×{side}")
-        y0, x0 = (h - side) // 2, (w - side) // 2
-        win = (slice(y0, y0 + side), slice(x0, x0 + side))
+        win = (slice(y, y + side), slice(x, x + side))
         return cls(
             rgb=np.ascontiguousarray(res.rgb[win]),
             surface=np.ascontiguousarray(res.surface[win]),
             building=np.ascontiguousarray(res.building[win]),
             height=np.ascontiguousarray(res.height[win]),
-            origin=(res.origin_px[0] + x0, res.origin_px[1] + y0),
+            origin=(res.origin_px[0] + x, res.origin_px[1] + y),
             size=size,
             map_config=map_config or MapConfig(),
         )
@@ -88,9 +91,7 @@ class Scene:
         entropy of the crop's class shares plus a bonus for the number of distinct buildings.
         """
         h, w = res.surface.shape
-        side = size + 2 * MARGIN_PX
-        if h < side or w < side:
-            raise StyleSearchError(f"render window {w}×{h} is smaller than the scene window {side}×{side}")
+        side = _check_side(h, w, size)
         best: tuple[float, int, int] = (-1.0, 0, 0)
         m = MARGIN_PX
         for y in range(0, h - side + 1, step):
@@ -104,16 +105,7 @@ class Scene:
                 if score > best[0]:
                     best = (score, x, y)
         _, x, y = best
-        win = (slice(y, y + side), slice(x, x + side))
-        return cls(
-            rgb=np.ascontiguousarray(res.rgb[win]),
-            surface=np.ascontiguousarray(res.surface[win]),
-            building=np.ascontiguousarray(res.building[win]),
-            height=np.ascontiguousarray(res.height[win]),
-            origin=(res.origin_px[0] + x, res.origin_px[1] + y),
-            size=size,
-            map_config=map_config or MapConfig(),
-        )
+        return cls._crop(res, x, y, size, map_config)
 
     @classmethod
     def load_or_build(
@@ -190,3 +182,11 @@ class Scene:
             raise StyleSearchError(
                 f"scene file {path} is unreadable ({e}); delete it to render it again"
             ) from None
+
+
+def _check_side(h: int, w: int, size: int) -> int:
+    """The side of a scene window (``size`` plus margins); refused when the render window is smaller."""
+    side = size + 2 * MARGIN_PX
+    if h < side or w < side:
+        raise StyleSearchError(f"render window {w}×{h} is smaller than the scene window {side}×{side}")
+    return side

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -276,14 +277,24 @@ def _kill_chromium_renderers() -> int:
     return n
 
 
+def _kill_once(killed: list[int], kill: Callable[[], int]) -> Callable[[str], None]:
+    """A tile-server hook that runs ``kill`` at the first detail-tile request and records how many processes it
+    killed. The server answers on several threads: a lock makes exactly one of them kill."""
+    lock = threading.Lock()
+
+    def hook(path: str) -> None:
+        with lock:
+            if path.startswith("detail_") and not killed:
+                killed.append(kill())
+                time.sleep(0.5)
+
+    return hook
+
+
 def test_a_killed_page_is_detected_and_the_quadrant_retried_on_a_fresh_page(geometry, fault_server):
     city, server = fault_server
     killed: list[int] = []
-
-    def kill_once(path: str) -> None:
-        if path.startswith("detail_") and not killed:
-            killed.append(_kill_chromium_renderers())
-            time.sleep(0.5)
+    kill_once = _kill_once(killed, _kill_chromium_renderers)
 
     x, y = _busy_quadrants(geometry, city, 1)[0]
     with PhotorealRenderer(
@@ -317,13 +328,7 @@ def _kill_chromium_browser() -> int:
 def test_a_killed_chromium_is_relaunched_and_the_quadrant_retried(geometry, fault_server):
     city, server = fault_server
     killed: list[int] = []
-    lock = threading.Lock()  # the tile server answers on several threads: exactly one of them kills
-
-    def kill_once(path: str) -> None:
-        with lock:
-            if path.startswith("detail_") and not killed:
-                killed.append(_kill_chromium_browser())
-                time.sleep(0.5)
+    kill_once = _kill_once(killed, _kill_chromium_browser)
 
     x, y = _busy_quadrants(geometry, city, 1)[0]
     with PhotorealRenderer(

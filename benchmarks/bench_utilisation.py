@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from isonyc_dagster.defs.definitions import build_definitions  # noqa: E402
 from isonyc_dagster.defs.driver import drive  # noqa: E402
+from isonyc_dagster.defs.parallel import drive_parallel  # noqa: E402
 from isonyc_dagster.defs.resources import GeneratorResource  # noqa: E402
 from isonyc_dagster.project import Project  # noqa: E402
 from tests.dagster_helpers import project_config  # noqa: E402
@@ -54,6 +55,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--retry-after", type=float, default=5.0, help="Retry-After of a 429, seconds (real)")
     ap.add_argument("--time-scale", type=float, default=0.05, help="multiplies every simulated time")
     ap.add_argument("--size", type=int, default=12, help="area side in quadrants")
+    ap.add_argument(
+        "--driver",
+        choices=("parallel", "sequential"),
+        default="sequential",
+        help="parallel: runs in flight together, each in its own process, steps start when their own context is "
+        "done (defs.parallel, as the Dagster daemon runs the sensor's requests); sequential: one run at a time "
+        "(defs.driver, isonyc demo)",
+    )
+    ap.add_argument(
+        "--runs-in-flight", type=int, help="parallel driver: runs at once (default: endpoints × capacity + 2)"
+    )
     ap.add_argument("--json", type=Path, help="also write the figures here")
     return ap.parse_args(argv)
 
@@ -67,6 +79,7 @@ def _instance(home: Path) -> dg.DagsterInstance:
 def run(args: argparse.Namespace) -> dict:
     s = args.time_scale
     per = args.client_concurrency or args.capacity
+    runs = args.runs_in_flight or args.endpoints * args.capacity + 2
     with tempfile.TemporaryDirectory(prefix="isonyc-util-") as tmp, contextlib.ExitStack() as stack:
         endpoints = [
             stack.enter_context(
@@ -97,7 +110,10 @@ def run(args: argparse.Namespace) -> dict:
         )
         with _instance(Path(tmp) / "dagster_home") as instance:
             t0 = time.monotonic()
-            report = drive(defs, project, instance, wait_s=0.05)
+            if args.driver == "parallel":
+                report = drive_parallel(defs, project, instance, runs_in_flight=runs, wait_s=1.0)
+            else:
+                report = drive(defs, project, instance, wait_s=0.05)
             t_end = time.monotonic()
         if not report.complete:
             raise SystemExit(f"bench_utilisation: the area did not complete: {report.summary}")
@@ -114,6 +130,8 @@ def run(args: argparse.Namespace) -> dict:
             "client_concurrency": per,
             "p429": args.p429,
             "time_scale": s,
+            "driver": args.driver,
+            "runs_in_flight": runs if args.driver == "parallel" else 1,
             "quadrants": len(project.quadrants),
             "steps": len(project.plan.steps),
             "model_calls": calls,
@@ -140,7 +158,8 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"{r['endpoints']} endpoint(s), {r['latency_s']:g} ± {r['jitter_s']:g} s per call, capacity {r['capacity']} "
         f"(client sends {r['client_concurrency']}), "
-        f"p429 {r['p429']:g}, time scale {r['time_scale']:g}: {r['quadrants']} quadrants, {r['steps']} steps, "
+        f"p429 {r['p429']:g}, time scale {r['time_scale']:g}, {r['driver']} driver "
+        f"({r['runs_in_flight']} run(s) in flight): {r['quadrants']} quadrants, {r['steps']} steps, "
         f"{r['model_calls']} calls, {r['http_429']} × 429, {r['runs']} Dagster runs"
     )
     print(

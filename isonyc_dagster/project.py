@@ -232,13 +232,14 @@ class Project:
         return self.renderer_at(x, y).render_quadrant(x, y)
 
     def store_render(self, x: int, y: int) -> tuple[TileVersion, RenderResult]:
-        """Render quadrant (x, y) and store it: RGB as the ``render`` tile, the buffers as an npz blob."""
+        """Render quadrant (x, y) and store it: RGB as the ``render`` tile, the buffers as a compact aux blob."""
         from isonyc_dagster.geo.surfaces import PALETTE_VERSION
         from isonyc_dagster.render import png_bytes
+        from isonyc_dagster.render.result import AUX_BLOB_EXT
 
         renderer = self.renderer_at(x, y)
         res = renderer.render_quadrant(x, y)
-        aux_sha = self.store.put_blob(res.to_npz(), ext="npz")
+        aux_sha = self.store.put_blob(res.to_blob(), ext=AUX_BLOB_EXT)
         provenance = {
             "renderer": "whitebox",
             "palette_version": PALETTE_VERSION,

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up (or update) everything on a fresh machine: a Python venv with the package, OpenSeadragon from npm, and —
-# with `test` — the test extras and Debian's Chromium for the browser test. Idempotent; safe to rerun.
+# with `test` — the test extras and Debian's Chromium for the browser test; with `postgres` — a local PostgreSQL
+# cluster for the Dagster instance. Idempotent; safe to rerun.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode="${1:-main}"
@@ -28,5 +29,10 @@ if [ "$mode" = "test" ] && ! command -v chromium >/dev/null 2>&1; then
   else
     echo "setup: chromium not found (sudo apt-get install chromium); the browser test will be skipped" >&2
   fi
+fi
+if [ "$mode" = "postgres" ]; then
+  # A local PostgreSQL cluster in .pg/ (Debian's binaries; as root it runs as the postgres user) and a
+  # dagster.yaml on it in $DAGSTER_HOME (default data/dagster_home, where `isonyc demo` looks). See docs/DEPLOY.md.
+  .venv/bin/python deploy/local_postgres.py start --dir .pg --dagster-home "${DAGSTER_HOME:-data/dagster_home}"
 fi
 echo "setup ($mode): ok"

@@ -8,6 +8,7 @@ import pytest
 
 from isonyc_dagster.geo.config import MapConfig
 from isonyc_dagster.geo.geometry import MapGeometry
+from tests.pg_helpers import pg_cluster  # noqa: F401 - session fixture: a throwaway PostgreSQL cluster
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

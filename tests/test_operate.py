@@ -77,11 +77,11 @@ def test_repair_revert_and_the_scheduler_publishes_without_touching_neighbours(t
         out = _cli(cfg_path, "repair", "1", "1", "--seed", "5")
         assert out.returncode == 0, out.stderr
         rep = json.loads(out.stdout)["repaired"][0]
-        assert rep["step"] == "repair:1,1"
+        assert rep["step"] == "repair[1|1]"
         assert sorted(rep["context"]) == sorted(key2(*q) for q in project.quadrants.keys if q != (1, 1))
         v = store.active(layers.GENERATION, 1, 1)
         assert v.version == 2 and v.provenance["kind"] == "repair" and person_made(v)
-        assert v.provenance["from_version"] == 1 and v.provenance["repaired_step"] == "block:0,0"
+        assert v.provenance["from_version"] == 1 and v.provenance["repaired_step"] == "blocks[0|0]"
         assert [x.version for x in store.versions(layers.GENERATION, 1, 1)] == [1, 2]  # the old version stays
         for q, old in before.items():
             if q != (1, 1):

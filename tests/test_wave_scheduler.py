@@ -80,9 +80,10 @@ def test_scheduler_fills_12x12_in_seam_free_order_and_survives_restart(tmp_path:
         for step in project2.plan.steps:
             prov = store.active("generation", *step.quadrants[0]).provenance
             assert sorted(map(tuple, prov["context"])) == sorted(step.context), step.key
-            assert prov["step"] == step.key and prov["template_sha256"]
+            # Named as Dagster names them: the step's asset and partition key, its context's partition keys.
+            assert prov["step"] == f"{STEP_ASSETS[step.kind]}[{key2(*step.cell)}]" and prov["template_sha256"]
             for c in step.context:
-                assert prov["context_sha256"][f"{c[0]},{c[1]}"] == store.active("generation", *c).sha256
+                assert prov["context_sha256"][key2(*c)] == store.active("generation", *c).sha256
 
         # Batched: far fewer runs than partitions (144 renders + 64 steps + 144 generations + 144 masks + export):
         # about one run per asset and wave over a rectangular area.

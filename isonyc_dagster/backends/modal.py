@@ -29,6 +29,7 @@ runs while the next waits); ``max_concurrency`` (:class:`HttpSettings`) still ca
 from __future__ import annotations
 
 import contextlib
+import random
 import secrets
 import threading
 import time
@@ -71,7 +72,9 @@ def new_seed() -> int:
 class EndpointPool:
     """Copies of one ``edit_b64`` app: hands out the least busy endpoint that has a free slot (thread-safe).
 
-    Ties go to the endpoint that started a request longest ago, so idle endpoints take turns.
+    Ties go to the endpoint that started a request longest ago, so idle endpoints take turns; a fresh pool starts
+    at a random endpoint, so that several processes (concurrent runs) do not all send their first request to the
+    first endpoint.
     ``per_endpoint`` None: no limit per endpoint (the transport's ``max_concurrency`` is the only one).
     """
 
@@ -79,7 +82,8 @@ class EndpointPool:
         self.urls = list(urls)
         self.per_endpoint = per_endpoint
         self.in_flight = [0] * len(self.urls)
-        self._started = [0.0] * len(self.urls)
+        # Never used is "longest ago": a random order among them (see above).
+        self._started = [-random.random() for _ in self.urls]
         self._cond = threading.Condition()
 
     @contextlib.contextmanager

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -33,6 +35,17 @@ def ensure_dagster_home(default: Path) -> Path:
     return home
 
 
+def _exit_stopped(code: int) -> int:
+    """After a stop (the instance closed, every run of ours finished or marked canceled): exit now, even while a
+    worker thread the driver abandoned is still in a model call (Python would wait for it, and for its thread
+    pool, at exit); the store commits atomically, so nothing is half-written."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if threading.active_count() > 1:
+        os._exit(code)
+    return code
+
+
 def run_demo(
     out_dir: Path | None = None,
     config_path: str | None = None,
@@ -44,7 +57,7 @@ def run_demo(
     import dagster as dg
 
     from isonyc_dagster.defs.definitions import build_definitions
-    from isonyc_dagster.defs.driver import drive
+    from isonyc_dagster.defs.driver import drive, stop_on_signals
     from isonyc_dagster.geo.config import load_project_config
     from isonyc_dagster.project import CONFIG_ENV, Project
 
@@ -67,15 +80,21 @@ def run_demo(
     echo(f"  Dagster instance: {home}")
     t0 = time.perf_counter()
     defs = build_definitions(config)
-    with dg.DagsterInstance.get() as instance:
+    with dg.DagsterInstance.get() as instance, stop_on_signals() as got:
         report = drive(defs, project, instance, echo=echo)
-        if report.complete and config.derived_layers:
+        if report.complete and config.derived_layers and not report.stopped:
             from isonyc_dagster.defs.assets.derived import materialize_derived
 
             for label, ok in materialize_derived(defs, project, instance, list(config.derived_layers)):
                 echo(f"  {'ok ' if ok else 'FAILED'} {label}")
                 report.complete &= ok
     dt = time.perf_counter() - t0
+    if report.stopped:
+        print(
+            f"isonyc demo: stopped on request after {dt:.0f}s ({report.summary}); run `isonyc demo` again to resume",
+            file=sys.stderr,
+        )
+        return _exit_stopped(128 + (got["signal"] or signal.SIGINT))
     if not report.complete:
         print(f"isonyc demo: stopped before the map was complete: {report.summary}", file=sys.stderr)
         return 1

@@ -14,12 +14,15 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
+from isonyc_dagster.cli import lift as lift_cli
 from isonyc_dagster.cli import operate as operate_cli
 from isonyc_dagster.cli import publish as publish_cli
 from isonyc_dagster.cli import reference as reference_cli
+from isonyc_dagster.cli import region as region_cli
 from isonyc_dagster.cli import store as store_cli
 from isonyc_dagster.cli import style as style_cli
 from isonyc_dagster.cli import tileset as tileset_cli
+from isonyc_dagster.cli import training as training_cli
 from isonyc_dagster.errors import IsonycError
 from isonyc_dagster.geo.config import ProjectConfig, load_project_config
 from isonyc_dagster.publish.serve import DEFAULT_IDLE_TIMEOUT_S
@@ -177,7 +180,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from isonyc_dagster.publish.serve import serve
 
-    serve(Path(args.directory), host=args.host, port=args.port, idle_timeout_s=args.idle_timeout)
+    config = _project_config(args)
+    directory = Path(args.directory or config.output_dir)
+    dagster_url = args.dagster_url or config.dagster_url
+    api, banner = None, ""
+    if not args.no_console:
+        from isonyc_dagster.cli.console import Console, ConsoleError, new_token
+
+        if not dagster_url.startswith(("http://", "https://")):
+            raise ConsoleError(f"--dagster-url {dagster_url!r} must start with http:// or https://")
+
+        token = new_token()
+        api = Console(config, dagster_url=dagster_url, token=token, map_dir=directory)
+        banner = f"Console token (paste it in the map's panel to act): {token}\nDagster: {dagster_url}"
+    serve(
+        directory,
+        host=args.host,
+        port=args.port,
+        idle_timeout_s=args.idle_timeout,
+        api=api,
+        dagster_url=dagster_url,
+        banner=banner,
+    )
     return 0
 
 
@@ -264,8 +288,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_force(s)
     s.set_defaults(func=cmd_demo)
 
-    s = sub.add_parser("serve", help="serve a built map directory on 127.0.0.1")
-    s.add_argument("directory")
+    s = sub.add_parser("serve", help="serve a built map directory and its console on 127.0.0.1")
+    s.add_argument(
+        "directory", nargs="?", default=None, help="map directory (default: the config's output_dir)"
+    )
+    s.add_argument(
+        "--dagster-url",
+        default=None,
+        help="Dagster UI for the map's links and actions (default: config dagster_url)",
+    )
+    s.add_argument("--no-console", action="store_true", help="serve the map alone: no /api/, no token")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=port_number, default=8000, help="TCP port, 1-65535 (default 8000)")
     s.add_argument(
@@ -311,8 +343,11 @@ def build_parser() -> argparse.ArgumentParser:
     operate_cli.add_parser(sub)
     tileset_cli.add_parser(sub)
     reference_cli.add_parser(sub)
+    region_cli.add_parser(sub)
     publish_cli.add_parser(sub)
     style_cli.add_parser(sub)
+    training_cli.add_parser(sub)
+    lift_cli.add_parser(sub)
     return p
 
 

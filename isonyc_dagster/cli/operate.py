@@ -18,11 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from isonyc_dagster import layers
-from isonyc_dagster.backends.base import ImageBackend
 from isonyc_dagster.generate.plan import Step
-from isonyc_dagster.generate.references import StyleRefs
 from isonyc_dagster.generate.repair import OperateError, parse_step_key, regenerate, repair, revert
-from isonyc_dagster.generate.step import StepResult, StepSettings, step_seed
+from isonyc_dagster.generate.step import StepResult, step_seed
 from isonyc_dagster.project import Project
 
 
@@ -62,27 +60,10 @@ def _project(args: argparse.Namespace) -> Project:
 
 def _backend_for(p: Project) -> Any:
     """``step → (backend, settings, style refs)`` the way the step assets resolve them (rules, profiles, refs)."""
+    from isonyc_dagster.defs.actions import backend_for
     from isonyc_dagster.defs.resources import generator_resource
-    from isonyc_dagster.generate.rules import step_settings
 
-    gen = generator_resource(p.config.backend, resolve_env=True)
-    selector = p.reference_selector()
-
-    def backend_for(step: Step) -> tuple[ImageBackend, StepSettings, StyleRefs | None]:
-        mi = p.step_rules.resolve(step)
-        profile = p.config.backends.get(mi.backend)
-        prof = dict(profile.settings) if profile is not None else {}
-        backend = gen.build_for(p.config.map, mi.backend, mi.model, prof)
-        selector.check(backend)
-        mi = mi.with_backend_default(backend)
-        settings = step_settings(
-            mi,
-            generator_key=gen.identity_for(mi.backend, mi.model, mi.prompt or "", prof),
-            candidates=gen.candidates,
-        )
-        return backend, settings, selector.select(step, backend)
-
-    return backend_for
+    return backend_for(p, generator_resource(p.config.backend, resolve_env=True))
 
 
 def _summary(res: StepResult) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import warnings
 import dagster as dg
 
 from isonyc_dagster import layers
+from isonyc_dagster.defs.actions import console_action_job
 from isonyc_dagster.defs.assets.derived import build_derived_defs
 from isonyc_dagster.defs.assets.generation import build_generation_asset
 from isonyc_dagster.defs.assets.geodata import geodata
@@ -17,8 +18,10 @@ from isonyc_dagster.defs.assets.photoreal import build_photoreal_defs
 from isonyc_dagster.defs.assets.publish import build_export_assets, build_publish_job
 from isonyc_dagster.defs.assets.render import build_render_asset
 from isonyc_dagster.defs.assets.restyle import build_restyle_assets
+from isonyc_dagster.defs.assets.scene import build_scene_defs
 from isonyc_dagster.defs.assets.steps import STEP_ASSET_NAMES, build_step_asset
 from isonyc_dagster.defs.assets.style import style_pairs
+from isonyc_dagster.defs.assets.training import build_training_defs
 from isonyc_dagster.defs.assets.water import build_water_asset
 from isonyc_dagster.defs.jobs import seam_pilot_job
 from isonyc_dagster.defs.partitions import LatticeMappings, cell_partitions, quadrant_partitions
@@ -28,7 +31,7 @@ from isonyc_dagster.defs.resources import (
     generator_resource,
     project_style,
 )
-from isonyc_dagster.defs.sensors import build_jobs, build_wave_scheduler
+from isonyc_dagster.defs.sensors import build_jobs, build_wave_backfill, build_wave_scheduler
 from isonyc_dagster.generate.plan import StepKind
 from isonyc_dagster.generate.seams import QA_THRESHOLD
 from isonyc_dagster.geo.config import ProjectConfig
@@ -71,11 +74,19 @@ def build_definitions(config: ProjectConfig, *, generator: GeneratorResource | N
     derived, derived_jobs = derived + restyled, derived_jobs + restyle_jobs
     jobs = build_jobs()
     publish_job, publish_schedule = build_publish_job()
+    backfill_jobs, backfill_schedules = build_wave_backfill(config.schedule_cron)
+    training, training_jobs = build_training_defs(config)  # only with a [training] table
+    scenes, scene_jobs, scene_sensors = build_scene_defs(config)  # only with a [lift] table
+    extra_assets, extra_jobs = [style_pairs, *training, *scenes], [publish_job, *training_jobs, *scene_jobs]
+    extra_jobs += backfill_jobs
     return dg.Definitions(
-        assets=[geodata, render, *photoreal, *steps, generation, water, *exports, *derived, style_pairs],
-        jobs=[*jobs, seam_pilot_job, *derived_jobs, publish_job, *photoreal_jobs],
-        schedules=[publish_schedule],
-        sensors=[build_wave_scheduler([*jobs, *derived_jobs, *photoreal_jobs])],
+        assets=[geodata, render, *photoreal, *steps, generation, water, *exports, *derived, *extra_assets],
+        jobs=[*jobs, seam_pilot_job, console_action_job, *derived_jobs, *extra_jobs, *photoreal_jobs],
+        schedules=[publish_schedule, *backfill_schedules],
+        sensors=[
+            build_wave_scheduler([*jobs, *derived_jobs, *photoreal_jobs], enabled=config.scheduler_enabled),
+            *scene_sensors,
+        ],
         resources={
             "project": ProjectResource.for_config(config),
             "generator": generator or generator_resource(config.backend, style=project_style(config)),

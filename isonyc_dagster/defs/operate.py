@@ -73,7 +73,7 @@ def people_work(
     notes: list[str] = []
     now, stale = stale_by_kind(project)
     if stale:
-        keys = ", ".join(f"{layers.STEP_ASSETS[s.kind.value]}[{key2(*s.cell)}]" for s in stale[:8])
+        keys = ", ".join(s.ref for s in stale[:8])
         if project.config.on_stale == "regenerate":
             for kind, cells in now.items():
                 asset = layers.STEP_ASSETS[kind.value]

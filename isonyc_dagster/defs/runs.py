@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 
 import dagster as dg
+from dagster._core.errors import DagsterExecutionInterruptedError
 
 HOST_TAG = "isonyc/host"
 PID_TAG = "isonyc/pid"
@@ -29,6 +31,31 @@ UNFINISHED = [
     dg.DagsterRunStatus.STARTED,
     dg.DagsterRunStatus.CANCELING,
 ]
+
+
+#: Set when this process was asked to stop (``isonyc demo`` on SIGINT/SIGTERM): the run executing here stops after
+#: the partition in hand (``raise_if_stopping``), so it ends CANCELED with every stored tile intact.
+STOP = threading.Event()
+
+
+def raise_if_stopping(instance: dg.DagsterInstance, run_id: str) -> None:
+    """Between partitions: once this process was asked to stop, mark the run CANCELING and end it as interrupted
+    (Dagster then records it CANCELED, not failed; its partitions are requested again at the next start)."""
+    if not STOP.is_set():
+        return
+    mark_canceling(instance, run_id)
+    raise DagsterExecutionInterruptedError(
+        "stop requested (SIGINT/SIGTERM): the remaining partitions are left"
+    )
+
+
+def mark_canceling(instance: dg.DagsterInstance, run_id: str) -> None:
+    """Report an unfinished run CANCELING (a no-op for a run already canceling or finished)."""
+    run = instance.get_run_by_id(run_id)
+    if run is not None and run.status in UNFINISHED and run.status != dg.DagsterRunStatus.CANCELING:
+        instance.report_run_canceling(
+            run, message="stop requested (SIGINT/SIGTERM) in the process running it"
+        )
 
 
 def _proc_start(pid: int) -> str | None:

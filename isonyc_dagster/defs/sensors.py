@@ -13,17 +13,19 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
+from dagster_shared.check import CheckError
 
 from isonyc_dagster import layers
 from isonyc_dagster.defs.assets.steps import STEP_ASSET_NAMES
 from isonyc_dagster.defs.operate import people_work
 from isonyc_dagster.defs.partitions import key2, parse_key2
-from isonyc_dagster.defs.resources import ProjectResource
+from isonyc_dagster.defs.resources import GeneratorResource, ProjectResource
 from isonyc_dagster.defs.runs import DEAD_TAG, UNFINISHED, reap_dead_runs
 from isonyc_dagster.generate.plan import StepKind
-from isonyc_dagster.generate.waves import Progress, complete, ready, rect_keys, rectangles
+from isonyc_dagster.generate.waves import Progress, WaveRequests, complete, ready, rect_keys, rectangles
 from isonyc_dagster.project import Project
 
 SCHEDULER_TAG = "isonyc/scheduler"
@@ -100,8 +102,11 @@ def in_flight(runs: list) -> Progress:
     return busy
 
 
-def cooling_down(instance: dg.DagsterInstance, now: float | None = None) -> tuple[Progress, list[str]]:
-    """Keys whose last scheduled run failed recently (exponential cooldown) or too often (given up)."""
+def cooling_down(
+    instance: dg.DagsterInstance, now: float | None = None
+) -> tuple[Progress, list[str], list[str]]:
+    """Keys whose last scheduled run failed recently (exponential cooldown) or too often (given up), and the labels
+    (``asset[x|y]``) of those given up and of those waiting to be retried."""
     now = time.time() if now is None else now
     failures: Counter[tuple[str, tuple[int, int]]] = Counter()
     last: dict[tuple[str, tuple[int, int]], float] = {}
@@ -116,14 +121,15 @@ def cooling_down(instance: dg.DagsterInstance, now: float | None = None) -> tupl
         for k in _run_keys(tags):
             failures[(tags.get(ASSET_TAG, ""), k)] += 1
             last[(tags.get(ASSET_TAG, ""), k)] = max(last.get((tags.get(ASSET_TAG, ""), k), 0.0), ended)
-    blocked, given_up = Progress(), []
+    blocked, given_up, retrying = Progress(), [], []
     for (asset, k), n in failures.items():
         if n >= MAX_ATTEMPTS:
             given_up.append(f"{asset}[{k[0]}|{k[1]}]")
             _add(blocked, asset, {k})
         elif now - last[(asset, k)] < COOLDOWN_S * 2 ** (n - 1):
+            retrying.append(f"{asset}[{k[0]}|{k[1]}]")
             _add(blocked, asset, {k})
-    return blocked, given_up
+    return blocked, given_up, retrying
 
 
 def _merge(a: Progress, b: Progress) -> Progress:
@@ -175,6 +181,17 @@ def _follower_requests(
     return out, complete_
 
 
+def _batch_modelless(req: WaveRequests, busy: Progress) -> None:
+    """Hold back work that calls no model (water masks, publishing) while its upstream is still being written, until
+    a full run's worth is ready (in place): a range run's partitions, and steps logged one by one as they are
+    committed, appear gradually, and one run per few keys would cost more than the work (``generation`` assesses
+    the whole map's QA once per run)."""
+    if busy.render and len(req.water_mask) < MAX_PER_RUN[layers.WATER_MASK]:
+        req.water_mask = set()
+    if any(busy.steps.values()) and len(req.generation) < MAX_PER_RUN[layers.GENERATION]:
+        req.generation = set()
+
+
 def _requests(asset: str, keys: set[tuple[int, int]], max_area: int, wave: str) -> Iterator[dg.RunRequest]:
     for a0, b0, a1, b1 in rectangles(keys, max_area):
         tags = {SCHEDULER_TAG: "wave", ASSET_TAG: asset, "isonyc/wave": wave}
@@ -215,12 +232,15 @@ def wave_run_requests(project: Project, instance: dg.DagsterInstance) -> tuple[l
     return plan.requests, plan.summary
 
 
-def plan_waves(project: Project, instance: dg.DagsterInstance) -> WavePlan:
-    """What the scheduler does now: the runs to start, and the state they leave."""
+def plan_waves(
+    project: Project, instance: dg.DagsterInstance, *, max_in_flight: int | None = None
+) -> WavePlan:
+    """What the scheduler does now: the runs to start (at most ``max_in_flight`` in flight, default
+    ``max_runs_in_flight()``), and the state they leave."""
     reaped = reap_dead_runs(instance, {SCHEDULER_TAG: "wave"})
     running = _scheduler_runs(instance, UNFINISHED)
     running_assets = {r.dagster_run.tags.get(ASSET_TAG) for r in running}
-    slots = max_runs_in_flight() - len(running)
+    slots = (max_in_flight or max_runs_in_flight()) - len(running)
     if instance.get_latest_materialization_event(dg.AssetKey(layers.GEODATA)) is None:
         if layers.GEODATA in running_assets:
             return WavePlan([], "waiting for geodata")
@@ -228,8 +248,9 @@ def plan_waves(project: Project, instance: dg.DagsterInstance) -> WavePlan:
     busy = in_flight(running)
     followers = quadrant_followers(project)
     done = materialized(instance, followers)
-    blocked, given_up = cooling_down(instance)
+    blocked, given_up, retrying = cooling_down(instance)
     req = ready(project.plan, project.quadrants.keys, done, _merge(busy, blocked))
+    _batch_modelless(req, busy)
     extra, followers_done = _follower_requests(project, done, _merge(busy, blocked), req.steps)
     out: list[dg.RunRequest] = []
     # Deepest waves first, so areas finish (and their context is used) before new areas start.
@@ -249,6 +270,10 @@ def plan_waves(project: Project, instance: dg.DagsterInstance) -> WavePlan:
     )
     if given_up:
         summary += f"; gave up after {MAX_ATTEMPTS} failures: {', '.join(given_up[:10])}"
+    if retrying:
+        summary += (
+            f"; {len(retrying)} failed partition(s) wait for their retry: {', '.join(sorted(retrying)[:10])}"
+        )
     if reaped:
         summary += f"; marked failed (process gone): {', '.join(reaped[:10])}"
     finished = False
@@ -322,14 +347,18 @@ def _export_cooled_down(instance: dg.DagsterInstance, asset: str = "export") -> 
     return time.time() - latest > COOLDOWN_S
 
 
-def build_wave_scheduler(jobs: list) -> dg.SensorDefinition:
+def build_wave_scheduler(jobs: list, *, enabled: bool = True) -> dg.SensorDefinition:
+    """The ``wave_scheduler`` sensor; ``enabled`` (the project's ``scheduler_enabled``): switched on in a fresh
+    instance (``dagster dev``), else off until turned on in the UI (Automation → wave_scheduler)."""
+
     @dg.sensor(
         name="wave_scheduler",
         minimum_interval_seconds=15,
-        default_status=dg.DefaultSensorStatus.STOPPED,
+        default_status=dg.DefaultSensorStatus.RUNNING if enabled else dg.DefaultSensorStatus.STOPPED,
         jobs=jobs,
         description="Fills the configured bounds by itself: renders, then blocks → bridges → corners (each only "
-        "after its context exists), publishes quadrants, water masks, and refreshes the map.",
+        "after its context exists), publishes quadrants, water masks, and refreshes the map. On by default "
+        "(scheduler_enabled = false in the project config: off until turned on here).",
     )
     def wave_scheduler(context: dg.SensorEvaluationContext, project: ProjectResource) -> dg.SensorResult:
         plan = plan_waves(project.get(), context.instance)
@@ -339,3 +368,82 @@ def build_wave_scheduler(jobs: list) -> dg.SensorDefinition:
         )
 
     return wave_scheduler
+
+
+#: The job that the nightly schedule starts: one run that drives the wave scheduler over the bounds to the end.
+BACKFILL_JOB = "wave_backfill_job"
+BACKFILL_SCHEDULE = "wave_backfill_schedule"
+
+
+def build_wave_backfill(cron: str | None) -> tuple[list[dg.JobDefinition], list[dg.ScheduleDefinition]]:
+    """A scheduled backfill over the configured bounds (``schedule_cron``; none when it is empty): at each cron
+    tick, the scheduler's own planning (``plan_waves``) says whether anything is left; if so, one run of
+    ``wave_backfill_job`` executes every run it plans, several at once (``defs.parallel``), until the map is
+    finished and up to date. Off until turned on in the UI; the runs it starts carry the sensor's tags, so the
+    sensor (if on too) never requests the same partitions again."""
+    if not cron:
+        return [], []
+
+    @dg.op(name="wave_backfill", description="Run the wave scheduler's plan over the bounds to completion.")
+    def wave_backfill(
+        context: dg.OpExecutionContext, project: ProjectResource, generator: GeneratorResource
+    ) -> dg.Output:
+        from isonyc_dagster.defs.parallel import drive_parallel  # it imports this module
+
+        try:
+            jobs: dg.RepositoryDefinition | dg.Definitions = context.repository_def
+        except (
+            CheckError
+        ):  # executed in process (a test, a script): no code location, build the same definitions
+            from isonyc_dagster.defs.definitions import build_definitions
+
+            jobs = build_definitions(project.get().config, generator=generator)
+        report = drive_parallel(
+            jobs,
+            project.get(),
+            context.instance,
+            runs_in_flight=max_runs_in_flight(),
+            echo=context.log.info,
+        )
+        meta: dict[str, Any] = {
+            "runs": report.runs,
+            "failed": report.failed,
+            "failed_runs": dg.MetadataValue.json(report.failed_labels[:100]),
+            "summary": report.summary,
+        }
+        if not report.complete:
+            raise dg.Failure(
+                description=f"the backfill stopped before the end: {report.summary}", metadata=meta
+            )
+        return dg.Output(None, metadata=meta)
+
+    @dg.job(
+        name=BACKFILL_JOB, description="Drive the wave scheduler over the configured bounds to completion."
+    )
+    def wave_backfill_job() -> None:
+        wave_backfill()
+
+    @dg.schedule(
+        name=BACKFILL_SCHEDULE,
+        cron_schedule=cron,
+        job=wave_backfill_job,
+        default_status=dg.DefaultScheduleStatus.STOPPED,
+        description=f"Scheduled backfill over the bounds ({cron}): the wave scheduler's plan, run to completion.",
+    )
+    def wave_backfill_schedule(
+        context: dg.ScheduleEvaluationContext, project: ProjectResource
+    ) -> dg.RunRequest | dg.SkipReason:
+        return backfill_request(project.get(), context.instance)
+
+    return [wave_backfill_job], [wave_backfill_schedule]
+
+
+def backfill_request(project: Project, instance: dg.DagsterInstance) -> dg.RunRequest | dg.SkipReason:
+    """What the schedule does at a tick: a backfill run when the plan has work left, else why not."""
+    plan = plan_waves(project, instance)
+    if plan.finished:
+        return dg.SkipReason(f"nothing to do: {plan.summary}")
+    running = instance.get_runs(dg.RunsFilter(job_name=BACKFILL_JOB, statuses=UNFINISHED), limit=1)
+    if running:
+        return dg.SkipReason(f"a backfill is already running ({running[0].run_id[:8]}): {plan.summary}")
+    return dg.RunRequest(tags={"isonyc/plan": plan.summary[:500]})

@@ -30,6 +30,7 @@ from enum import StrEnum
 from functools import cached_property
 from typing import Any, cast
 
+from isonyc_dagster import layers
 from isonyc_dagster.errors import IsonycError
 from isonyc_dagster.geo.boxes import PixelBox
 
@@ -117,8 +118,25 @@ class Step:
 
     @property
     def key(self) -> str:
-        """Stable, human-readable id, e.g. ``bridge_v:3,-1``."""
+        """Stable internal id, e.g. ``bridge_v:3,-1`` (per-step seeds derive from it: never change it). People see
+        ``ref``."""
         return f"{self.kind.value}:{self.cell[0]},{self.cell[1]}"
+
+    @property
+    def asset(self) -> str:
+        """The Dagster asset of this step's kind, e.g. ``bridges_v``."""
+        return layers.STEP_ASSETS[self.kind.value]
+
+    @property
+    def partition_key(self) -> str:
+        """The Dagster partition key of its lattice cell, e.g. ``3|-1``."""
+        return f"{self.cell[0]}|{self.cell[1]}"
+
+    @property
+    def ref(self) -> str:
+        """The step as Dagster names it, ``asset[partition key]`` (e.g. ``bridges_v[3|-1]``): what provenance,
+        metadata and messages say."""
+        return f"{self.asset}[{self.partition_key}]"
 
     @property
     def window_px(self) -> int:
@@ -147,6 +165,35 @@ class Step:
     def window_quadrants(self) -> list[Quadrant]:
         """Every quadrant with pixels inside the template window (row-major)."""
         return quadrants_overlapping(self.window_box, self.quadrant_px)
+
+
+def parse_step_ref(text: str) -> tuple[StepKind, Quadrant] | None:
+    """Kind and cell of a step id in any form provenance has used: ``bridges_v[3|-1]`` (``Step.ref``), the older
+    ``bridge_v:3,-1`` (``Step.key``, in stores written before), or ``bridges_v:3|-1``. ``None`` when ``text`` names
+    no lattice step (``repair[1|1]``, a test's label)."""
+    kinds = {k.value: k for k in StepKind} | {layers.STEP_ASSETS[k.value]: k for k in StepKind}
+    text = text.strip()
+    if text.endswith("]") and "[" in text:
+        name, _, cell = text[:-1].partition("[")
+    else:
+        name, _, cell = text.partition(":")
+    parts = cell.replace("|", ",").split(",")
+    if name not in kinds or len(parts) != 2:
+        return None
+    try:
+        return kinds[name], (int(parts[0]), int(parts[1]))
+    except ValueError:
+        return None
+
+
+def step_ref(text: str) -> str:
+    """A step id as provenance stored it, in ``Step.ref`` form (``bridge_v:0,0`` → ``bridges_v[0|0]``); text that
+    names no lattice step is returned as it is."""
+    parsed = parse_step_ref(text)
+    if parsed is None:
+        return text
+    kind, (a, b) = parsed
+    return f"{layers.STEP_ASSETS[kind.value]}[{a}|{b}]"
 
 
 def quadrants_overlapping(box: PixelBox, q: int) -> list[Quadrant]:

@@ -157,12 +157,7 @@ class ReferenceSelector:
             x, y = ref
             tile: tuple[Quadrant, ...] = (ref,)
             for dx, dy in _BLOCK_OFFSETS:
-                block = (
-                    (x + dx, y + dy),
-                    (x + dx + 1, y + dy),
-                    (x + dx, y + dy + 1),
-                    (x + dx + 1, y + dy + 1),
-                )
+                block = block_2x2(x + dx, y + dy)
                 if len(self.store.active_map(layers.GENERATION, block)) == 4:
                     tile = block
                     break
@@ -174,11 +169,21 @@ class ReferenceSelector:
             q: decode_rgb(self.store.get_blob(v.sha256))
             for q, v in self.store.active_map(layers.GENERATION, tile).items()
         }
-        if len(tile) == 1:
-            return imgs[tile[0]]
-        x0, y0 = tile[0]
-        q = imgs[tile[0]].shape[0]
-        out = np.empty((2 * q, 2 * q, 3), np.uint8)
-        for (x, y), img in imgs.items():
-            out[(y - y0) * q : (y - y0 + 1) * q, (x - x0) * q : (x - x0 + 1) * q] = img
-        return out
+        return stitch(imgs, tile)
+
+
+def block_2x2(x: int, y: int) -> tuple[Quadrant, ...]:
+    """The 2×2 tile whose top-left quadrant is (x, y): TL, TR, BL, BR (the original's tile of a quadrant)."""
+    return ((x, y), (x + 1, y), (x, y + 1), (x + 1, y + 1))
+
+
+def stitch(imgs: dict[Quadrant, np.ndarray], tile: tuple[Quadrant, ...]) -> np.ndarray:
+    """One image of ``tile`` (one quadrant, or a 2×2 block from ``block_2x2``) from its q×q×3 quadrant images."""
+    if len(tile) == 1:
+        return imgs[tile[0]]
+    x0, y0 = tile[0]
+    q = imgs[tile[0]].shape[0]
+    out = np.empty((2 * q, 2 * q, 3), np.uint8)
+    for x, y in tile:
+        out[(y - y0) * q : (y - y0 + 1) * q, (x - x0) * q : (x - x0 + 1) * q] = imgs[(x, y)]
+    return out

@@ -21,7 +21,15 @@ from typing import Any, cast
 from isonyc_dagster import layers
 from isonyc_dagster.backends.base import ImageBackend
 from isonyc_dagster.errors import IsonycError
-from isonyc_dagster.generate.plan import LatticePlan, Quadrant, Step, StepKind, quadrants_overlapping
+from isonyc_dagster.generate.plan import (
+    LatticePlan,
+    Quadrant,
+    Step,
+    StepKind,
+    parse_step_ref,
+    quadrants_overlapping,
+    step_ref,
+)
 from isonyc_dagster.generate.references import StyleRefs
 from isonyc_dagster.generate.step import StepInputs, StepResult, StepSettings, run_step
 from isonyc_dagster.geo.boxes import PixelBox
@@ -124,9 +132,9 @@ def repair(
         backend, settings, refs = backend_for(step)
         extra = {
             "kind": "repair",
-            "step": f"repair:{x},{y}",
+            "step": f"repair[{x}|{y}]",  # the quadrant's partition key, like every step id in provenance
             "step_kind": "repair",
-            "repaired_step": old.provenance.get("step"),
+            "repaired_step": step_ref(str(old.provenance["step"])) if old.provenance.get("step") else None,
             "from_version": old.version,
         }
         res = run_step(
@@ -196,26 +204,24 @@ def regenerate(
 
 
 def parse_step_key(plan: LatticePlan, text: str) -> Step:
-    """A step from its key as provenance writes it (``block:0,0``) or as Dagster names it (``blocks:0|0``)."""
-    kinds = {k.value: k for k in StepKind} | {layers.STEP_ASSETS[k.value]: k for k in StepKind}
-    name, _, cell = text.partition(":")
-    parts = cell.replace("|", ",").split(",")
-    if name not in kinds or len(parts) != 2:
+    """A step from its key as Dagster names it (``blocks[0|0]``, as provenance writes it, or ``blocks:0|0``) or in
+    the older provenance form (``block:0,0``)."""
+    parsed = parse_step_ref(text)
+    if parsed is None:
+        kinds = sorted({*(k.value for k in StepKind), *layers.STEP_ASSETS.values()})
         raise OperateError(
-            f"step {text!r} is not KIND:BX,BY (e.g. block:0,0 or bridges_v:1|0); kinds: {', '.join(sorted(kinds))}"
+            f"step {text!r} is not KIND:BX,BY nor ASSET[BX|BY] (e.g. block:0,0 or blocks[0|0]); "
+            f"kinds: {', '.join(kinds)}"
         )
-    try:
-        bx, by = int(parts[0]), int(parts[1])
-    except ValueError:
-        raise OperateError(f"step {text!r}: the cell must be two integers, e.g. block:0,0") from None
-    step = plan.get(kinds[name], (bx, by))
+    step = plan.get(*parsed)
     if step is None:
         raise OperateError(f"step {text!r} is not in the plan (no quadrant of it inside the bounds)")
     return step
 
 
 def _quadrant(key: str) -> Quadrant:
-    x, y = key.split(",")
+    """A quadrant from a ``context_sha256`` key: its partition key ``x|y`` (or ``x,y`` in older provenance)."""
+    x, y = key.replace("|", ",").split(",")
     return int(x), int(y)
 
 

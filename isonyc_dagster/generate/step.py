@@ -120,7 +120,7 @@ class StepInputs:
             if aux_sha and self.store.has_blob(aux_sha):
                 # Renders are deterministic: a damaged buffer blob is drawn again rather than failing the step.
                 with contextlib.suppress(CorruptBlobError):
-                    aux = RenderResult.from_npz(self.store.get_blob(aux_sha)).aux()
+                    aux = RenderResult.from_blob(self.store.get_blob(aux_sha)).aux()
             self._aux[(x, y)] = aux if aux is not None else self._render_once(x, y).aux()
         return self._aux[(x, y)]
 
@@ -306,14 +306,15 @@ def run_step(
             summary["output_sha256"] = store.put_blob(c.result.image_png)
         summaries.append(summary)
     provenance = {
-        "step": step.key,
+        # The step and its context by their Dagster asset and partition keys (``bridges_v[0|0]``, ``x|y``).
+        "step": step.ref,
         "kind": step.kind.value,
         "cell": list(step.cell),
         "template_sha256": template_sha,
         "output_sha256": summaries[cands.best_index]["output_sha256"],
         "context": [list(c) for c in template.context_used],
         "context_sha256": {
-            f"{x},{y}": v.sha256
+            f"{x}|{y}": v.sha256
             for (x, y), v in store.active_map(layers.GENERATION, template.context_used).items()
         },
         "padding": [list(c) for c in template.padding],

@@ -250,6 +250,31 @@ def draw_red_border(
     img[y0:y1, x1 - width : x1] = BORDER_RGB
 
 
+def infill_template(
+    render: np.ndarray, generated: np.ndarray, box: PixelBox | tuple[int, int, int, int]
+) -> np.ndarray:
+    """A template for any rectangle ``box`` of one window, not only a step's quadrant-aligned infill (training
+    examples): ``render`` pixels inside ``box`` under the red border, ``generated`` pixels elsewhere.
+
+    ``render`` and ``generated`` are (H, W, 3) uint8 of the same size (never resized here); returns a new array.
+    """
+    r, g = np.asarray(render), np.asarray(generated)
+    if r.shape != g.shape or r.ndim != 3 or r.shape[2] != 3 or r.dtype != np.uint8 or g.dtype != np.uint8:
+        raise TemplateError(
+            f"render {r.shape} {r.dtype} and generation {g.shape} {g.dtype} must be (H, W, 3) uint8 of one size"
+        )
+    x0, y0, x1, y1 = box
+    h, w = r.shape[:2]
+    if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h) or min(x1 - x0, y1 - y0) <= 2 * BORDER_PX:
+        raise TemplateError(
+            f"infill box {tuple(box)} must lie inside the {w}×{h} window and be wider than its border"
+        )
+    out = g.copy()
+    out[y0:y1, x0:x1] = r[y0:y1, x0:x1]
+    draw_red_border(out, box)
+    return out
+
+
 def red_mask(rgb: np.ndarray) -> np.ndarray:
     """Pixels within ``RED_TOLERANCE`` of the border's pure red: what a model left of the border."""
     c = rgb[..., :3].astype(np.int16)

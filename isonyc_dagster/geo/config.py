@@ -10,7 +10,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from isonyc_dagster.errors import IsonycError
-from isonyc_dagster.geo.model_inputs import AreaRule, BackendProfile, resolve_model_input_files
+from isonyc_dagster.geo.model_inputs import (
+    AreaRule,
+    BackendProfile,
+    PreprocessConfig,
+    resolve_model_input_files,
+)
 
 
 class ConfigError(IsonycError, ValueError):
@@ -115,6 +120,53 @@ class PublishConfig(BaseModel):
     )
 
 
+class TrainingConfig(BaseModel):
+    """``[training]``: training pairs and the omni infill dataset (``training/``); the section enables the assets."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dir: str = Field(default="data/training", description="where pair sets and dataset versions are written")
+    seed: int = Field(default=0, ge=0, description="the dataset's seed: kinds, boxes and the split follow it")
+    variants_per_pair: int = Field(
+        default=5, ge=1, le=5, description="examples per pair (at most 5: one full infill per pair at 20 %)"
+    )
+    validation_fraction: float = Field(default=0.2, gt=0.0, lt=1.0, description="share of pairs held out")
+    split_block: int = Field(
+        default=4, ge=2, le=256, description="side in quadrants of the square areas the split assigns whole"
+    )
+    include_passed: bool = Field(
+        default=False, description="also pair every generated quadrant whose QA checks all pass"
+    )
+    upload_to: str | None = Field(
+        default=None, description="also upload each dataset version here (gs://, s3:// or a directory)"
+    )
+    preprocess: PreprocessConfig = Field(
+        default=PreprocessConfig(),
+        description="render preprocessing of the inputs' infill, as the model will get it (off by default)",
+    )
+
+
+class LiftConfig(BaseModel):
+    """``[lift]``: 3D scenes of named regions (``lift/``); the section enables the ``scene_3d`` asset."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    regions_file: str = Field(
+        default="data/regions.json",
+        description="the named-region registry (JSON; `isonyc region add|list|rm`)",
+    )
+    settings: dict[str, str | int | float | bool] = Field(
+        default_factory=dict,
+        description="LiftSettings overrides for scene_3d (stage, init_iters, max_resolution, ...); checked when the "
+        "definitions load",
+    )
+    auto: bool = Field(
+        default=True,
+        description="the scene_scheduler sensor starts on: it lifts new regions and re-lifts a region whose "
+        "quadrants' generation or render changed",
+    )
+
+
 class ProjectConfig(BaseModel):
     """Everything one deployment needs: the map, the area to build and where data lives."""
 
@@ -140,6 +192,10 @@ class ProjectConfig(BaseModel):
     output_dir: str = Field(default="data/map", description="where the Deep Zoom map, PMTiles and viewer go")
     dagster_url: str = Field(
         default="http://127.0.0.1:3000", description="Dagster UI base URL for lineage links"
+    )
+    console_url: str = Field(
+        default="http://127.0.0.1:8000",
+        description="map console (`isonyc serve`) base URL: Dagster metadata previews link its /api/blob/<sha256>",
     )
     backend: str = Field(
         default="pixelart",
@@ -187,6 +243,17 @@ class ProjectConfig(BaseModel):
         description="steps whose context was regenerated: 'flag' (the scheduler counts them, a person decides) or "
         "'regenerate' (the scheduler regenerates them, in wave order); versions a person made are never overwritten",
     )
+    scheduler_enabled: bool = Field(
+        default=True,
+        description="the wave_scheduler sensor is on in a fresh Dagster instance (dagster dev); false: off until "
+        "turned on in the UI",
+    )
+    schedule_cron: str = Field(
+        default="0 2 * * *",
+        pattern=r"^(|@(hourly|daily|weekly|monthly)|\S+( \S+){4})$",
+        description="cron of wave_backfill_schedule, a scheduled backfill over the bounds with the scheduler's "
+        "planning (off until turned on in the UI); empty: no schedule",
+    )
     derived_layers: list[Literal["night", "snow", "dark"]] = Field(
         default_factory=list,
         description="derived map layers to build offline from the generation (night, snow, dark); each is an asset "
@@ -210,6 +277,13 @@ class ProjectConfig(BaseModel):
         default=None,
         description="pixel-art style parameters: a JSON file of flat StyleParams keys (e.g. from `isonyc style fit`); "
         "unset = the default look; changing it makes the generation stale",
+    )
+    training: TrainingConfig | None = Field(
+        default=None,
+        description="training data (`[training]`): present = the training_pairs/omni_dataset assets",
+    )
+    lift: LiftConfig | None = Field(
+        default=None, description="3D scenes of named regions (`[lift]`): present = the scene_3d asset"
     )
 
     @field_validator("bounds")
@@ -305,6 +379,10 @@ def load_project_config(path: str | Path | None) -> ProjectConfig:
             updates[name] = str(base / getattr(cfg, name))
     if cfg.style is not None and not Path(cfg.style).is_absolute():
         updates["style"] = str(base / cfg.style)
+    if cfg.training is not None and not Path(cfg.training.dir).is_absolute():
+        updates["training"] = cfg.training.model_copy(update={"dir": str(base / cfg.training.dir)})
+    if cfg.lift is not None and not Path(cfg.lift.regions_file).is_absolute():
+        updates["lift"] = cfg.lift.model_copy(update={"regions_file": str(base / cfg.lift.regions_file)})
     pub: dict[str, Any] = {}
     if (
         cfg.publish.clip not in ("bounds", "none", "demo", "manhattan", "nyc")

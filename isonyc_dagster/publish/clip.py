@@ -276,7 +276,7 @@ class BaseTiles:
         re-render, which changes the hash, lifts the towers back)."""
         if tile.aux_sha:
             with contextlib.suppress(CorruptBlobError, ValueError, FileNotFoundError):
-                res = RenderResult.from_npz(self.store.get_blob(tile.aux_sha))
+                res = RenderResult.from_blob(self.store.get_blob(tile.aux_sha))
                 if res.height.shape == tuple(shape):
                     return res.height
         return np.zeros(shape[:2], np.float32)

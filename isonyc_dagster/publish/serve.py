@@ -6,6 +6,10 @@ many systems), revalidating cache headers (tiles are rewritten in place by incre
 must not be cached as immutable), single byte ranges (PMTiles clients read archives by range), and no
 hidden files (the pyramid manifest and lock live beside the tiles).
 
+With ``api`` it also mounts an application at ``/api/`` (the map console, ``cli.console``), and with
+``dagster_url`` it serves every sidecar with that Dagster UI URL, so the viewer's links follow the URL given at serve
+time, not the one baked in when the map was exported.
+
 It also refuses what a plain ``http.server`` lets through: symlinks are resolved and anything outside the map
 directory is a 404; there are no directory listings; a path with a NUL, a control character or broken
 percent-encoding is a 400; idle keep-alive connections are closed after ``idle_timeout_s``; and the listen backlog
@@ -17,12 +21,15 @@ from __future__ import annotations
 import email.utils
 import http.server
 import io
+import json
 import os
 import re
 import socket
 import sys
 import threading
 import urllib.parse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, AnyStr, BinaryIO
@@ -30,7 +37,16 @@ from typing import TYPE_CHECKING, Any, AnyStr, BinaryIO
 if TYPE_CHECKING:
     from _typeshed import SupportsRead, SupportsWrite
 
-__all__ = ["DEFAULT_IDLE_TIMEOUT_S", "LISTEN_BACKLOG", "MIME_TYPES", "MapServer", "serve", "start_server"]
+__all__ = [
+    "DEFAULT_IDLE_TIMEOUT_S",
+    "LISTEN_BACKLOG",
+    "MIME_TYPES",
+    "ApiHandler",
+    "ApiResponse",
+    "MapServer",
+    "serve",
+    "start_server",
+]
 
 #: Seconds a connection may sit without sending a request before the server closes it (and frees its thread).
 DEFAULT_IDLE_TIMEOUT_S = 5.0
@@ -52,6 +68,22 @@ MIME_TYPES = {
     ".pmtiles": "application/vnd.pmtiles",
     "": "application/octet-stream",
 }
+#: Largest request body the ``/api/`` application is given (an edited 2×2 PNG is a few MiB).
+MAX_API_BODY = 64 << 20
+
+
+@dataclass(frozen=True)
+class ApiResponse:
+    """What the ``/api/`` application answers."""
+
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+
+
+#: ``(method, path with query, request headers (lower-case names), body) → response``: the application at ``/api/``.
+ApiHandler = Callable[[str, str, Mapping[str, str], bytes], ApiResponse]
+
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
@@ -94,6 +126,58 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         if problem is not None:
             self.send_error(400, problem)
             return False
+        return True
+
+    def do_GET(self) -> None:
+        if not self._api("GET") and not self._sidecar():
+            super().do_GET()
+
+    def do_POST(self) -> None:
+        if not self._api("POST"):
+            self.send_error(405, "Method not allowed")
+
+    def _api(self, method: str) -> bool:
+        """Hand ``/api/...`` to the mounted application; False when there is none or the path is another."""
+        api: ApiHandler | None = getattr(self.server, "api", None)
+        if api is None or not (self.path == "/api" or self.path.startswith("/api/")):
+            return False
+        try:
+            n = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            n = -1
+        if not 0 <= n <= MAX_API_BODY:
+            self.send_error(413 if n > 0 else 400, f"request body must be 0-{MAX_API_BODY} bytes")
+            return True
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        res = api(method, self.path, headers, self.rfile.read(n) if n else b"")
+        self.send_response(res.status)
+        self.send_header("Content-Type", res.content_type)
+        self.send_header("Content-Length", str(len(res.body)))
+        self.end_headers()
+        if method != "HEAD":
+            self.wfile.write(res.body)
+        return True
+
+    def _sidecar(self) -> bool:
+        """Serve a top-level sidecar (``<name>.json`` with a ``dagster`` section) with the serve-time Dagster URL."""
+        url = getattr(self.server, "dagster_url", None)
+        path = self.translate_path(self.path) if url else ""
+        top_json = path.endswith(".json") and os.path.dirname(path) == self.directory
+        if not path or self._hidden() or not top_json:
+            return False
+        try:
+            side = json.loads(Path(path).read_bytes())
+        except (OSError, ValueError):
+            return False
+        if not isinstance(side, dict) or not isinstance(side.get("dagster"), dict):
+            return False
+        side["dagster"]["url"] = url
+        body = json.dumps(side, indent=2).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", MIME_TYPES[".json"])
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
         return True
 
     def translate_path(self, path: str) -> str:
@@ -225,6 +309,8 @@ class MapServer(http.server.ThreadingHTTPServer):
         *,
         quiet: bool = True,
         idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
+        api: ApiHandler | None = None,
+        dagster_url: str | None = None,
     ):
         root = Path(directory)
         if not root.is_dir():
@@ -238,6 +324,8 @@ class MapServer(http.server.ThreadingHTTPServer):
         self.root = root.resolve()
         self.quiet = quiet
         self.idle_timeout_s = float(idle_timeout_s)
+        self.api = api
+        self.dagster_url = dagster_url.rstrip("/") if dagster_url else None
         if ":" in host:
             self.address_family = socket.AF_INET6
         self._thread: threading.Thread | None = None
@@ -283,9 +371,16 @@ class MapServer(http.server.ThreadingHTTPServer):
         self.close()
 
 
-def start_server(directory: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 0) -> MapServer:
+def start_server(
+    directory: str | os.PathLike[str],
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    api: ApiHandler | None = None,
+    dagster_url: str | None = None,
+) -> MapServer:
     """Start serving ``directory`` in the background (port 0 = any free port); close() when done."""
-    return MapServer(directory, host, port).start()
+    return MapServer(directory, host, port, api=api, dagster_url=dagster_url).start()
 
 
 def serve(
@@ -295,11 +390,19 @@ def serve(
     *,
     quiet: bool = False,
     idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
+    api: ApiHandler | None = None,
+    dagster_url: str | None = None,
+    banner: str = "",
 ) -> str:
-    """Serve ``directory`` until Ctrl-C; prints and returns the URL. Binds to localhost unless told otherwise."""
-    server = MapServer(directory, host, port, quiet=quiet, idle_timeout_s=idle_timeout_s)
+    """Serve ``directory`` until Ctrl-C; prints and returns the URL. Binds to localhost unless told otherwise.
+    ``banner`` is printed after the URL (the console's token)."""
+    server = MapServer(
+        directory, host, port, quiet=quiet, idle_timeout_s=idle_timeout_s, api=api, dagster_url=dagster_url
+    )
     url = server.url
     print(f"Serving {server.root} at {url}  (Ctrl-C to stop)", flush=True)
+    if banner:
+        print(banner, flush=True)
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"Note: listening on {host}, so other machines on the network can read this map.", flush=True)
     try:

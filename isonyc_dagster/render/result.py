@@ -1,4 +1,4 @@
-"""The render result (class, building, height buffers + flat-colour RGB) and its PNG/NPZ encodings."""
+"""The render result (class, building, height buffers + flat-colour RGB) and its PNG/aux/NPZ encodings."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from PIL import Image
 
 from isonyc_dagster.geo.surfaces import PALETTE, Surface
 from isonyc_dagster.images import png_bytes as _png_bytes
+from isonyc_dagster.render import _auxcodec
 
+AUX_BLOB_EXT = "aux"  # store extension of ``to_blob`` bytes (older stores hold ``.npz`` ones)
 _NPZ_FORMAT = 1
 _ARRAYS = ("rgb", "surface", "building", "height")
 
@@ -55,6 +57,28 @@ class RenderResult:
                 with zf.open(f"{name}.npy", "w", force_zip64=True) as f:
                     np.lib.format.write_array(f, np.ascontiguousarray(arr), allow_pickle=False)
         return buf.getvalue()
+
+    def to_blob(self) -> bytes:
+        """The compact lossless encoding the store keeps (``AUX_BLOB_EXT``; ~10× smaller than ``to_npz``).
+
+        Deterministic bytes for equal content, so the blob hash can serve as a data version.
+        """
+        self.validate()
+        return _auxcodec.encode(
+            self.rgb, self.surface, self.building, self.height, self.origin_px, self.stats
+        )
+
+    @classmethod
+    def from_blob(cls, data: bytes) -> RenderResult:
+        """Inverse of ``to_blob``; also reads the npz blobs stores written before it (``to_npz``)."""
+        if isinstance(data, (bytes, bytearray, memoryview)) and bytes(data[: len(_auxcodec.MAGIC)]) == (
+            _auxcodec.MAGIC
+        ):
+            fields = _auxcodec.decode(data)
+            res = cls(**fields)
+            res.validate()
+            return res
+        return cls.from_npz(data)
 
     @classmethod
     def from_npz(cls, data: bytes) -> RenderResult:

@@ -19,6 +19,7 @@ from dagster._core.definitions.data_version import (
 from PIL import Image
 
 from isonyc_dagster.defs.partitions import parse_key2
+from isonyc_dagster.defs.runs import raise_if_stopping
 
 #: Runs with at most this many partitions get an inline thumbnail per partition; larger runs link the full tile
 #: only, which keeps the event log small at city scale.
@@ -36,17 +37,48 @@ def key2s(pairs: Iterable[tuple[int, int]]) -> dg.MetadataValue:
     return dg.MetadataValue.json([f"{a}|{b}" for a, b in pairs])
 
 
-def thumbnail_md(png: bytes, *, max_px: int = 160, title: str = "preview") -> dg.MetadataValue:
-    """A small inline preview for the UI (nearest-neighbour, so pixel art stays crisp)."""
-    with Image.open(io.BytesIO(png)) as im:
-        im = im.convert("RGB")
-        scale = max_px / max(im.size)
+#: Largest inline thumbnail, as base64 characters: every preview lives in the event log of the Dagster instance,
+#: so it stays a glance (the full image is a link to the console's ``/api/blob/<sha256>``).
+THUMBNAIL_MAX_B64 = 2048
+
+
+def _png_b64(im: Image.Image) -> str:
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", optimize=True)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def thumbnail_md(
+    png: bytes, *, max_px: int = 160, title: str = "preview", link: str | None = None
+) -> dg.MetadataValue:
+    """A tiny inline preview for the UI (nearest-neighbour, so pixel art stays crisp; ≤ ``THUMBNAIL_MAX_B64``
+    characters: quantised, then shrunk until it fits), and a link to the full image when ``link`` is given."""
+    with Image.open(io.BytesIO(png)) as src:
+        im = src.convert("RGB")
+    b64 = ""
+    side = max_px
+    while side >= 8:
+        scale = side / max(im.size)
+        small = im
         if scale < 1:
-            im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.NEAREST)
-        buf = io.BytesIO()
-        im.save(buf, format="PNG", optimize=True)
-    b64 = base64.b64encode(buf.getvalue()).decode()
-    return dg.MetadataValue.md(f"![{title}](data:image/png;base64,{b64})")
+            small = im.resize(
+                (max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.Resampling.NEAREST
+            )
+        b64 = _png_b64(small)
+        if len(b64) > THUMBNAIL_MAX_B64:  # fewer colours first (a glance needs few), then fewer pixels
+            b64 = _png_b64(small.quantize(32, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE))
+        if len(b64) <= THUMBNAIL_MAX_B64:
+            break
+        side = side * 3 // 4
+    md = f"![{title}](data:image/png;base64,{b64})" if len(b64) <= THUMBNAIL_MAX_B64 else ""
+    if link:
+        md += f"\n\n[{title}: full size]({link})"
+    return dg.MetadataValue.md(md or f"({title}: no preview)")
+
+
+def blob_link(console_url: str, sha256: str) -> str:
+    """The console's URL of a stored image (``isonyc serve`` answers ``/api/blob/<sha256>`` without a token)."""
+    return f"{console_url.rstrip('/')}/api/blob/{sha256}"
 
 
 def combined_version(shas: Mapping[str, str]) -> dg.DataVersion:
@@ -124,6 +156,7 @@ class PartitionRun:
         self.pairs = partition_pairs(context)
         self.shas: dict[str, str] = {}
         self.meta: dict[str, dict[str, Any]] = {}
+        self._emitted: set[str] = set()
         # Dagster reads its inputs' versions before the step runs; so do we (a concurrent upstream run after this
         # point must still make this asset stale).
         single = len(context.assets_def.keys) == 1  # a multi-asset step has no one asset_key to describe
@@ -148,6 +181,7 @@ class PartitionRun:
         """A partition done: its output hash (its data version) and its own metadata."""
         self.shas[key] = sha256
         self.meta[key] = metadata
+        raise_if_stopping(self.context.instance, self.context.run.run_id)
 
     def result(self, metadata: dict[str, Any], **kwargs: Any) -> dg.MaterializeResult:
         """The run's materialization with one data version for the whole run step (range runs log each partition's
@@ -162,12 +196,42 @@ class PartitionRun:
         version = combined_version(self.shas) if self.shas else None
         return dg.MaterializeResult(metadata=meta, data_version=version, **kwargs)
 
+    def emit(self, key: str) -> Iterator[dg.AssetMaterialization]:
+        """Range runs: partition ``key``'s own materialization now, as soon as it is done, so the scheduler can start
+        its dependants while the rest of the run still works (an asset with ``output_required=False`` that ends with
+        ``outputs(streamed=True)``). Single-partition runs: nothing (their one materialization ends the run)."""
+        if len(self.keys) > 1 and key not in self._emitted:
+            self._emitted.add(key)
+            yield self._partition_materialization(key)
+
+    def _partition_materialization(self, key: str) -> dg.AssetMaterialization:
+        tags = {
+            **self._provenance,
+            DATA_VERSION_TAG: self.shas[key],
+            DATA_VERSION_IS_USER_PROVIDED_TAG: "true",
+        }
+        return dg.AssetMaterialization(
+            asset_key=self.context.asset_key, partition=key, metadata=self.meta[key], tags=tags
+        )
+
     def outputs(
-        self, metadata: dict[str, Any], *, check_results: Iterable[dg.AssetCheckResult] = ()
+        self,
+        metadata: dict[str, Any],
+        *,
+        check_results: Iterable[dg.AssetCheckResult] = (),
+        streamed: bool = False,
     ) -> Iterator[dg.MaterializeResult | dg.AssetMaterialization]:
         """The run's materialization, then (range runs) one materialization per partition done, carrying that
         partition's own metadata and its content hash as data version with Dagster's provenance tags, so the
-        stale-status resolver compares per partition. The asset body must ``yield from`` this."""
+        stale-status resolver compares per partition. The asset body must ``yield from`` this.
+
+        ``streamed`` (range runs of an asset with ``output_required=False``): no materialization of the whole range
+        (it would cover partitions that were not done, with a combined data version), only the partitions not yet
+        ``emit``-ted."""
+        if streamed and len(self.keys) > 1:
+            for key in self.shas:
+                yield from self.emit(key)
+            return
         meta = dict(metadata)
         if len(self.keys) == 1:
             meta.update(next(iter(self.meta.values()), {}))
@@ -184,8 +248,5 @@ class PartitionRun:
             data_version=combined_version(self.shas) if self.shas else None,
             check_results=list(check_results),
         )
-        for key, sha in self.shas.items():
-            tags = {**self._provenance, DATA_VERSION_TAG: sha, DATA_VERSION_IS_USER_PROVIDED_TAG: "true"}
-            yield dg.AssetMaterialization(
-                asset_key=self.context.asset_key, partition=key, metadata=self.meta[key], tags=tags
-            )
+        for key in self.shas:
+            yield self._partition_materialization(key)

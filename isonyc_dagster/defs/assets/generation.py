@@ -12,11 +12,11 @@ from typing import Any
 import dagster as dg
 
 from isonyc_dagster import layers
-from isonyc_dagster.defs.assets._common import PartitionRun, thumbnail_md
+from isonyc_dagster.defs.assets._common import PartitionRun, blob_link, thumbnail_md
 from isonyc_dagster.defs.checks import GENERATION_CHECKS, generation_check_results, partition_url
 from isonyc_dagster.defs.partitions import key2
 from isonyc_dagster.defs.resources import ProjectResource
-from isonyc_dagster.generate.plan import LatticePlan, Step
+from isonyc_dagster.generate.plan import LatticePlan, Step, step_ref
 from isonyc_dagster.generate.qa import QuadrantQA
 from isonyc_dagster.generate.qa_state import QACache, assess_map
 from isonyc_dagster.store.base import TileVersion
@@ -76,7 +76,11 @@ def build_generation_asset(
             meta = _quadrant_metadata(x, y, version, qa, bool(failed))
             meta.update(lineage_links(p.plan, p.config.dagster_url, x, y, version))
             if run.thumbnails:
-                meta["preview"] = thumbnail_md(store.get_blob(version.sha256), title=f"generation {key}")
+                meta["preview"] = thumbnail_md(
+                    store.get_blob(version.sha256),
+                    title=f"generation {key}",
+                    link=blob_link(p.config.console_url, version.sha256),
+                )
             run.record(key, version.sha256, meta)
         yield from run.outputs(
             {
@@ -131,12 +135,13 @@ def _quadrant_metadata(x: int, y: int, version: TileVersion, qa: QuadrantQA, fai
         "quadrant": key2(x, y),
         "sha256": version.sha256,
         "version": version.version,
-        "step": str(prov.get("step")),
+        # As Dagster names it, also from older provenance (``bridge_v:0,0`` → ``bridges_v[0|0]``).
+        "step": step_ref(str(prov.get("step"))),
         "backend": str(prov.get("backend")),
         "model_id": str(prov.get("model_id")),
         "seed": prov.get("seed"),
         "template_sha256": str(prov.get("template_sha256")),
-        "context": dg.MetadataValue.json(prov.get("context") or []),
+        "context": dg.MetadataValue.json([key2(int(cx), int(cy)) for cx, cy in prov.get("context") or []]),
         "seam_scores": dg.MetadataValue.json({k: round(v, 3) for k, v in qa.seams.items()}),
         "red_px": qa.red_px,
         "qa_failed": failed,

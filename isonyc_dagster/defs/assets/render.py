@@ -5,7 +5,7 @@ from collections.abc import Iterator
 import dagster as dg
 
 from isonyc_dagster import layers
-from isonyc_dagster.defs.assets._common import PartitionRun, thumbnail_md
+from isonyc_dagster.defs.assets._common import PartitionRun, blob_link, thumbnail_md
 from isonyc_dagster.defs.resources import ProjectResource
 from isonyc_dagster.geo.surfaces import PALETTE_VERSION, Surface
 
@@ -47,7 +47,11 @@ def build_render_asset(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefi
                 "synthetic_city": bool(version.provenance["synthetic"]),
             }
             if run.thumbnails:
-                meta["preview"] = thumbnail_md(p.store.get_blob(version.sha256), title=f"render {key}")
+                meta["preview"] = thumbnail_md(
+                    p.store.get_blob(version.sha256),
+                    title=f"render {key}",
+                    link=blob_link(p.config.console_url, version.sha256),
+                )
             run.record(key, version.sha256, meta)
         yield from run.outputs(
             {"quadrants_rendered": len(run.shas), "outside_bounds": skipped, "buildings_drawn": drawn_total}

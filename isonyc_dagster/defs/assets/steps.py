@@ -47,6 +47,9 @@ def build_step_asset(
             max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
         ),
         pool="generation_backend",
+        # Range runs log each step's materialization as soon as it is committed (``PartitionRun.emit``): the
+        # scheduler starts its dependants while the rest of the run still works, and no range-wide one follows.
+        output_required=False,
     )
     def _step_asset(
         context: dg.AssetExecutionContext, project: ProjectResource, generator: GeneratorResource
@@ -97,6 +100,7 @@ def build_step_asset(
                 meta = _step_metadata(out, thumbnails=run.thumbnails, store=p.store)
                 meta |= step_links(p.plan, p.config.dagster_url, step, out.provenance["context"])
                 run.record(key, out.output_sha, meta)
+                yield from run.emit(key)
                 context.log.info(
                     "%s %s (%d quadrants, context %d) with %s",
                     "reused already committed" if out.reused else "generated",
@@ -107,7 +111,7 @@ def build_step_asset(
                 )
         finally:
             pool.close()
-        yield from run.outputs({"steps_generated": len(run.shas)})
+        yield from run.outputs({"steps_generated": len(run.shas)}, streamed=True)
 
     return _step_asset
 
@@ -134,16 +138,21 @@ def _in_flight(
     with ThreadPoolExecutor(width, thread_name_prefix="step") as ex:
         futures = {ex.submit(call, c): c for c in calls}
         failure: BaseException | None = None
-        for f in as_completed(futures):
-            if f.cancelled():
-                continue
-            if (e := f.exception()) is not None:
-                if failure is None:
-                    failure = e
-                    for other in futures:
-                        other.cancel()
-                continue
-            yield futures[f], f.result()
+        try:
+            for f in as_completed(futures):
+                if f.cancelled():
+                    continue
+                if (e := f.exception()) is not None:
+                    if failure is None:
+                        failure = e
+                        for other in futures:
+                            other.cancel()
+                    continue
+                yield futures[f], f.result()
+        finally:
+            # A consumer that stops early (a stop request, an error) must not leave the queued calls to run on.
+            for other in futures:
+                other.cancel()
     if failure is not None:
         raise failure
 
@@ -185,7 +194,7 @@ def _plan_run(
         manual = manual_quadrants(p.store, step.quadrants)
         if manual and run.context.run.tags.get(OVERRIDE_MANUAL_TAG) != "true":
             # A person made these pixels (repair, revert, regenerate, import): keep them, never overwrite.
-            run.record(key, kept_sha(p.store, step), {"step": step.key, "kept_person_made": key2s(manual)})
+            run.record(key, kept_sha(p.store, step), {"step": step.ref, "kept_person_made": key2s(manual)})
             continue
         try:
             planned.append((key, step, inputs.template(step)))
@@ -219,7 +228,7 @@ def _run_first(p: Project, e: ContextMissing | RenderMissing) -> set[str]:
 def _step_metadata(out: StepResult, *, thumbnails: bool, store: Any = None) -> dict[str, Any]:
     prov, step = out.provenance, out.step
     meta: dict[str, Any] = {
-        "step": step.key,
+        "step": step.ref,
         "quadrants": dg.MetadataValue.json([list(q) for q in step.quadrants]),
         "context": dg.MetadataValue.json(prov["context"]),
         "backend": str(prov.get("backend")),

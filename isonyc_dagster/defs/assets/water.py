@@ -5,7 +5,7 @@ from collections.abc import Iterator
 import dagster as dg
 
 from isonyc_dagster import layers
-from isonyc_dagster.defs.assets._common import PartitionRun, thumbnail_md
+from isonyc_dagster.defs.assets._common import PartitionRun, blob_link, thumbnail_md
 from isonyc_dagster.defs.resources import ProjectResource
 from isonyc_dagster.generate.water import FALLOFF_PX, store_water_mask
 
@@ -41,7 +41,12 @@ def build_water_asset(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefin
                 "sha256": out.version.sha256,
             }
             if run.thumbnails:
-                meta["mask"] = thumbnail_md(out.png, max_px=128, title=f"water {key}")
+                meta["mask"] = thumbnail_md(
+                    out.png,
+                    max_px=128,
+                    title=f"water {key}",
+                    link=blob_link(p.config.console_url, out.version.sha256),
+                )
             run.record(key, out.version.sha256, meta)
         yield from run.outputs({k.lower(): v for k, v in counts.items()})
 

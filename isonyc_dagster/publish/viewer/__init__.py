@@ -71,7 +71,7 @@ def write_viewer(
     page = page.replace("{{TITLE}}", html.escape(side["title"])).replace("{{MAP}}", html.escape(side["name"]))
     # Static files that every export rewrites: no fsync (dozens of small files, nothing lost on a crash).
     atomic_write(out / "index.html", page.encode(), fsync=False)
-    for f in ("viewer.js", "viewer.css", "layers.js"):
+    for f in ("viewer.js", "viewer.css", "layers.js", "scenes.js", *CONSOLE_FILES):
         atomic_write(out / f, (_HERE / f).read_bytes(), fsync=False)
     dst = out / "openseadragon"
     (dst / "images").mkdir(parents=True, exist_ok=True)
@@ -87,8 +87,18 @@ def write_viewer(
     return out / "index.html"
 
 
+#: The map console's page parts (idle when the map is served without ``isonyc serve``'s console).
+CONSOLE_FILES = ("console.js", "console.css", "bounds.js")
 #: What ``write_viewer`` installs, relative to the map directory.
-VIEWER_FILES = ("index.html", "viewer.js", "viewer.css", "layers.js", "openseadragon/openseadragon.min.js")
+VIEWER_FILES = (
+    "index.html",
+    "viewer.js",
+    "viewer.css",
+    "layers.js",
+    "scenes.js",
+    *CONSOLE_FILES,
+    "openseadragon/openseadragon.min.js",
+)
 
 
 def viewer_missing(out_dir: str | os.PathLike[str]) -> str | None:

@@ -1,0 +1,177 @@
+"""City scale: runs, orchestration overhead, throughput, CPU, storage and memory of a whole area through Dagster.
+
+The area is generated end to end (render → steps → generation → water → map) by the wave scheduler's own driver
+(``defs.driver.drive``: ``plan_waves``, the code location's jobs, a real instance, the real store) with the offline
+``pixelart`` backend, on SQLite or on a throwaway PostgreSQL cluster (``deploy/local_postgres.py``). Printed per
+instance, next to the figures issue 12 measured before (lower Manhattan, SQLite, same machine class):
+
+- runs, and runs per 1,000 quadrants;
+- overhead share: 1 − (time inside asset steps, from Dagster's step stats) / wall time;
+- quadrants/s end to end, CPU-s per quadrant (this process and its children);
+- storage per quadrant: the store, and the instance (SQLite files, or ``pg_database_size``);
+- peak RSS.
+
+    .venv/bin/python benchmarks/bench_city.py --rect 0 0 3 3                 # 16 quadrants, SQLite
+    .venv/bin/python benchmarks/bench_city.py --bounds manhattan --postgres  # the preset, SQLite and PostgreSQL
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from isonyc_dagster.defs.definitions import build_definitions  # noqa: E402
+from isonyc_dagster.defs.driver import drive  # noqa: E402
+from isonyc_dagster.geo.config import ProjectConfig  # noqa: E402
+from isonyc_dagster.project import Project  # noqa: E402
+from tests.dagster_helpers import project_config  # noqa: E402
+from tests.pg_helpers import local_postgres  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: Issue 12's measurements before this work (lower Manhattan, 357 quadrants, SQLite, offline backend).
+BEFORE = {
+    "runs_per_1000_quadrants": 145 / 357 * 1000,
+    "overhead_share": 0.30,
+    "quadrants_per_s": 0.92,
+    "cpu_s_per_quadrant": 1.0,
+    "store_kb_per_quadrant": 690.0,
+    "instance_kb_per_quadrant": 280.0,
+    "peak_rss_mb": 1200.0,
+}
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
+
+
+def _cpu_s() -> float:
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _step_seconds(instance: dg.DagsterInstance) -> tuple[int, float]:
+    """Runs, and the seconds spent inside their asset steps (the work; the rest of the wall time is overhead)."""
+    runs = instance.get_runs()
+    inside = 0.0
+    for run in runs:
+        for s in instance.get_run_step_stats(run.run_id):
+            if s.start_time is not None and s.end_time is not None:
+                inside += s.end_time - s.start_time
+    return len(runs), inside
+
+
+def measure(cfg: ProjectConfig, home: Path, pg: Any | None) -> dict[str, float]:
+    home.mkdir(parents=True, exist_ok=True)
+    if pg is not None:
+        db = f"bench_{int(time.time())}"
+        pg.psql(f"CREATE DATABASE {db}")
+        yaml = local_postgres().dagster_yaml(pg).replace("db_name: dagster", f"db_name: {db}")
+    else:
+        yaml = "telemetry:\n  enabled: false\n"
+    (home / "dagster.yaml").write_text(yaml)
+    project = Project(cfg)
+    n = len(project.quadrants)
+    cpu0, t0 = _cpu_s(), time.perf_counter()
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        report = drive(build_definitions(cfg), project, instance, wait_s=0.5)
+        wall = time.perf_counter() - t0
+        cpu = _cpu_s() - cpu0
+        runs, inside = _step_seconds(instance)
+    if not report.complete:
+        raise SystemExit(f"bench_city: the area did not complete: {report.summary}")
+    # PostgreSQL: what the runs added over an empty database (its catalog alone is ~7.5 MB).
+    instance_bytes = (
+        _dir_bytes(home)
+        if pg is None
+        else int(pg.psql(f"SELECT pg_database_size('{db}') - pg_database_size('template1')"))
+    )
+    peak_kb = max(
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+    )
+    return {
+        "quadrants": n,
+        "runs": runs,
+        "runs_per_1000_quadrants": runs / n * 1000,
+        "overhead_share": max(0.0, 1 - inside / wall),
+        "quadrants_per_s": n / wall,
+        "cpu_s_per_quadrant": cpu / n,
+        "store_kb_per_quadrant": _dir_bytes(Path(cfg.store)) / n / 1000,
+        "instance_kb_per_quadrant": instance_bytes / n / 1000,
+        "peak_rss_mb": peak_kb / 1024,
+        "wall_s": wall,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    area = ap.add_mutually_exclusive_group()
+    area.add_argument(
+        "--rect", type=int, nargs=4, metavar=("X0", "Y0", "X1", "Y1"), help="a rectangle of quadrants"
+    )
+    area.add_argument("--bounds", help="a preset (demo, manhattan, nyc) or a GeoJSON polygon")
+    ap.add_argument(
+        "--geodata", action="append", default=[], help="vector files (default: the synthetic city)"
+    )
+    ap.add_argument("--postgres", action="store_true", help="also on a throwaway local PostgreSQL cluster")
+    ap.add_argument("--json", help="also write the figures here")
+    args = ap.parse_args(argv)
+
+    results: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-city-") as tmp_s:
+        tmp = Path(tmp_s)
+        tmp.chmod(0o711)  # the postgres OS user (tests as root) enters its cluster directory below
+        pg = None
+        if args.postgres:
+            pg = local_postgres().open_cluster(tmp / "pg")
+            pg.start()
+        try:
+            for name in ["sqlite"] + (["postgres"] if pg is not None else []):
+                work = tmp / name
+                work.mkdir()
+                if args.bounds:
+                    cfg = ProjectConfig(
+                        bounds=args.bounds,
+                        geodata=args.geodata,
+                        store=str(work / "store"),
+                        cache_dir=str(work / "cache"),
+                        output_dir=str(work / "map"),
+                        force_bounds=True,
+                    )
+                else:
+                    x0, y0, x1, y1 = args.rect or (0, 0, 3, 3)
+                    cfg = project_config(work, x0, y0, x1, y1, geodata=args.geodata)
+                results[name] = measure(cfg, work / "dagster_home", pg if name == "postgres" else None)
+        finally:
+            if pg is not None:
+                pg.stop()
+
+    keys = list(BEFORE)
+    print(f"{'figure':<28}{'before (issue 12)':>20}" + "".join(f"{k:>14}" for k in results))
+    for k in ["quadrants", "runs", *keys, "wall_s"]:
+        before = f"{BEFORE[k]:.2f}" if k in BEFORE else ""
+        row = "".join(f"{r[k]:>14.2f}" for r in results.values())
+        ratio = (
+            "   ×" + " ×".join(f"{r[k] / BEFORE[k]:.2f}" for r in results.values())
+            if k in BEFORE and BEFORE[k]
+            else ""
+        )
+        print(f"{k:<28}{before:>20}{row}{ratio}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -89,7 +89,10 @@ def test_provenance_says_asset_and_partition_keys_and_missing_context_says_what_
         prov = store.active(layers.GENERATION, 2, 0).provenance
         assert prov["step"] == "bridges_v[0|0]"
         assert set(prov["context_sha256"]) == {"1|0", "1|1"}
-        assert _latest_md(instance, "bridges_v", "0|0")["step"].value == "bridges_v[0|0]"
+        step_md = _latest_md(instance, "bridges_v", "0|0")
+        assert step_md["step"].value == "bridges_v[0|0]"
+        assert step_md["quadrants"].value == ["2|0", "2|1"]
+        assert sorted(step_md["context"].value) == ["1|0", "1|1"]
         md = _latest_md(instance, "generation", "2|0")
         assert md["step"].value == "bridges_v[0|0]" and md["producing_step"].value == "bridges_v[0|0]"
         assert md["context"].value == ["1|0", "1|1"]

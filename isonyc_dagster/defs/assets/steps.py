@@ -229,8 +229,9 @@ def _step_metadata(out: StepResult, *, thumbnails: bool, store: Any = None) -> d
     prov, step = out.provenance, out.step
     meta: dict[str, Any] = {
         "step": step.ref,
-        "quadrants": dg.MetadataValue.json([list(q) for q in step.quadrants]),
-        "context": dg.MetadataValue.json(prov["context"]),
+        # Partition keys, as Dagster writes them, so a person can paste them into the partition filter.
+        "quadrants": key2s(step.quadrants),
+        "context": key2s((int(cx), int(cy)) for cx, cy in prov["context"]),
         "backend": str(prov.get("backend")),
         "model_id": str(prov.get("model_id")),
         "seed": prov.get("seed"),

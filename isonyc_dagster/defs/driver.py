@@ -34,6 +34,22 @@ class DriveReport:
     stopped: bool = False  # a stop was requested (``STOP``): the runs in flight finished or were canceled
     summary: str = ""
 
+    def record(self, run_id: str | None, label: str, tags: dict[str, str], ok: bool, seconds: float) -> None:
+        """One finished run: counted, logged in execution order, and named if it failed."""
+        self.failed += 0 if ok else 1
+        if not ok:
+            self.failed_labels.append(label)
+        self.log.append(
+            {
+                "run_id": run_id,
+                "label": label,
+                "tags": tags,
+                "success": ok,
+                "seconds": seconds,
+                "finished": time.time(),
+            }
+        )
+
 
 def _label(req: dg.RunRequest) -> str:
     tags = req.tags or {}
@@ -178,19 +194,7 @@ def drive(
                     echo(f"  {status} {label:<44} {dt:6.1f}s   (stop requested)")
                 break
             ok = result.success
-            report.failed += 0 if ok else 1
-            if not ok:
-                report.failed_labels.append(label)
-            report.log.append(
-                {
-                    "run_id": result.run_id,
-                    "label": label,
-                    "tags": dict(req.tags or {}),
-                    "success": ok,
-                    "seconds": dt,
-                    "finished": time.time(),
-                }
-            )
+            report.record(result.run_id, label, dict(req.tags or {}), ok, dt)
             if echo:
                 echo(f"  {'ok ' if ok else 'FAILED'} {label:<44} {dt:6.1f}s   ({summary})")
             # Runs execute one at a time here: after a step run, plan again before a run that calls no model

@@ -164,19 +164,7 @@ def _run_here(
     )
     ok, dt, label = result.success, time.perf_counter() - t, _label(req)
     report.runs += 1
-    report.failed += 0 if ok else 1
-    if not ok:
-        report.failed_labels.append(label)
-    report.log.append(
-        {
-            "run_id": result.run_id,
-            "label": label,
-            "tags": dict(req.tags or {}),
-            "success": ok,
-            "seconds": dt,
-            "finished": time.time(),
-        }
-    )
+    report.record(result.run_id, label, dict(req.tags or {}), ok, dt)
     if echo:
         echo(f"  {'ok ' if ok else 'FAILED'} {label:<44} {dt:6.1f}s")
 
@@ -188,18 +176,6 @@ def _reap(workers: list[_Worker], report: DriveReport, echo: Callable[[str], Non
         workers.remove(w)
         ok = w.proc.exitcode == 0
         dt = time.perf_counter() - w.started
-        report.failed += 0 if ok else 1
-        if not ok:
-            report.failed_labels.append(w.label)
-        report.log.append(
-            {
-                "run_id": w.run_id,
-                "label": w.label,
-                "tags": dict(w.req.tags or {}),
-                "success": ok,
-                "seconds": dt,
-                "finished": time.time(),
-            }
-        )
+        report.record(w.run_id, w.label, dict(w.req.tags or {}), ok, dt)
         if echo:
             echo(f"  {'ok ' if ok else 'FAILED'} {w.label:<44} {dt:6.1f}s")

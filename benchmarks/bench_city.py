@@ -11,8 +11,13 @@ instance, next to the figures issue 12 measured before (lower Manhattan, SQLite,
 - storage per quadrant: the store, and the instance (SQLite files, or ``pg_database_size``);
 - peak RSS.
 
+The instance is the one ``isonyc demo`` writes for a new home (SQLite with consolidated event storage), and runs
+log one planned event each (``defs.runs.one_planned_event_per_run``, as the drivers set it).
+
     .venv/bin/python benchmarks/bench_city.py --rect 0 0 3 3                 # 16 quadrants, SQLite
-    .venv/bin/python benchmarks/bench_city.py --bounds manhattan --postgres  # the preset, SQLite and PostgreSQL
+    .venv/bin/python benchmarks/bench_city.py --bounds lower-manhattan --postgres   # 364 quadrants, both
+    .venv/bin/python benchmarks/bench_city.py --bounds manhattan             # the preset, 2,199 quadrants
+    .venv/bin/python benchmarks/bench_city.py --simulate                     # run counts only, up to NYC
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import dagster as dg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from isonyc_dagster.cli.demo import dagster_yaml  # noqa: E402
 from isonyc_dagster.defs.definitions import build_definitions  # noqa: E402
 from isonyc_dagster.defs.driver import drive  # noqa: E402
 from isonyc_dagster.geo.config import ProjectConfig  # noqa: E402
@@ -78,7 +84,7 @@ def measure(cfg: ProjectConfig, home: Path, pg: Any | None) -> dict[str, float]:
         pg.psql(f"CREATE DATABASE {db}")
         yaml = local_postgres().dagster_yaml(pg).replace("db_name: dagster", f"db_name: {db}")
     else:
-        yaml = "telemetry:\n  enabled: false\n"
+        yaml = dagster_yaml(home)  # what `isonyc demo` writes for a new instance
     (home / "dagster.yaml").write_text(yaml)
     project = Project(cfg)
     n = len(project.quadrants)
@@ -114,19 +120,102 @@ def measure(cfg: ProjectConfig, home: Path, pg: Any | None) -> dict[str, float]:
     }
 
 
+def simulate_runs(project: Project) -> dict[str, int]:
+    """Runs the scheduler would start over the whole area, by kind, without doing the work: each round executes
+    every run ``plan_waves`` would request (its readiness, key ranges, caps and batching rules, ``sensors``), and
+    marks their keys done. For areas too large to generate here (the nyc preset)."""
+    from isonyc_dagster.defs import sensors
+    from isonyc_dagster.generate.plan import StepKind
+    from isonyc_dagster.generate.waves import Progress, complete, ready
+
+    order, done, counts = project.order, Progress(), {"geodata": 1, "export": 1}
+    qs = project.quadrants.keys
+    while not complete(project.plan, qs, done):
+        req = ready(project.plan, qs, done, Progress())
+        ranges: list[tuple[str, list]] = []
+        for kind in StepKind:
+            name = sensors.STEP_ASSETS[kind]
+            for a, b in order.steps[kind].spans(
+                req.steps[kind], max_wanted=sensors.MAX_PER_RUN["steps"], passable=lambda k: True
+            ):
+                ranges.append((name, order.steps[kind].between(a, b)))
+        for asset in ("generation", "water_mask", "render"):
+            for a, b in order.quadrants.spans(
+                getattr(req, asset), max_wanted=sensors.MAX_PER_RUN[asset], passable=lambda k: True
+            ):
+                ranges.append((asset, order.quadrants.between(a, b)))
+        if not ranges:
+            raise SystemExit("bench_city: the simulated scheduler is stuck")
+        for asset, keys in ranges:
+            counts[asset] = counts.get(asset, 0) + 1
+            kind = next((k for k, n in sensors.STEP_ASSETS.items() if n == asset), None)
+            target = done.steps[kind] if kind is not None else getattr(done, asset)
+            if kind is None:  # a fill run does the keys of its range that are ready
+                target |= set(keys) & getattr(req, asset)
+            else:
+                target |= set(keys) & req.steps[kind]
+    counts["total"] = sum(counts.values())
+    return counts
+
+
+#: Named areas besides the presets: lower Manhattan is the Manhattan preset south of Houston St (the extent of the
+#: shared OSM extract, lng/lat), 364 quadrants.
+AREAS = {"lower-manhattan": (-74.031, 40.695, -73.968, 40.730)}
+
+
+def bounds_file(name: str, tmp: Path) -> str:
+    """A preset or GeoJSON path as given, or a named area (``AREAS``) written as GeoJSON under ``tmp``."""
+    if name not in AREAS:
+        return name
+    from shapely.geometry import box, mapping
+
+    from isonyc_dagster.geo.bounds import preset_polygon
+
+    area = preset_polygon("manhattan").intersection(box(*AREAS[name]))
+    path = tmp / f"{name}.geojson"
+    path.write_text(json.dumps({"type": "Feature", "properties": {}, "geometry": mapping(area)}))
+    return str(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     area = ap.add_mutually_exclusive_group()
     area.add_argument(
         "--rect", type=int, nargs=4, metavar=("X0", "Y0", "X1", "Y1"), help="a rectangle of quadrants"
     )
-    area.add_argument("--bounds", help="a preset (demo, manhattan, nyc) or a GeoJSON polygon")
+    area.add_argument(
+        "--bounds",
+        help="a preset (demo, manhattan, nyc), lower-manhattan (364 quadrants) or a GeoJSON polygon",
+    )
     ap.add_argument(
         "--geodata", action="append", default=[], help="vector files (default: the synthetic city)"
     )
     ap.add_argument("--postgres", action="store_true", help="also on a throwaway local PostgreSQL cluster")
     ap.add_argument("--json", help="also write the figures here")
+    ap.add_argument(
+        "--simulate",
+        nargs="*",
+        metavar="BOUNDS",
+        help="only count the runs the scheduler would start over these bounds (default: lower-manhattan manhattan nyc)",
+    )
     args = ap.parse_args(argv)
+    if args.simulate is not None:
+        for bounds in args.simulate or ["lower-manhattan", "manhattan", "nyc"]:
+            tmp = Path(tempfile.mkdtemp(prefix="bench-city-sim-"))
+            cfg = ProjectConfig(
+                bounds=bounds_file(bounds, tmp),
+                store=str(tmp / "s"),
+                cache_dir=str(tmp / "c"),
+                force_bounds=True,
+            )
+            project = Project(cfg)
+            counts = simulate_runs(project)
+            n = len(project.quadrants)
+            print(
+                f"{bounds}: {n} quadrants, {counts['total']} runs ({counts['total'] / n * 1000:.1f} per 1,000 "
+                f"quadrants): " + ", ".join(f"{k} {v}" for k, v in counts.items() if k != "total")
+            )
+        return 0
 
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-city-") as tmp_s:
@@ -142,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
                 work.mkdir()
                 if args.bounds:
                     cfg = ProjectConfig(
-                        bounds=args.bounds,
+                        bounds=bounds_file(args.bounds, tmp),
                         geodata=args.geodata,
                         store=str(work / "store"),
                         cache_dir=str(work / "cache"),

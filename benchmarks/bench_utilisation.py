@@ -66,6 +66,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--runs-in-flight", type=int, help="parallel driver: runs at once (default: endpoints × capacity + 2)"
     )
+    ap.add_argument(
+        "--slots",
+        choices=("host", "process"),
+        default="host",
+        help="host: every run process shares each endpoint's slots (GeneratorResource.slot_dir, as Definitions "
+        "does); process: each run process limits only its own requests (the behaviour before)",
+    )
     ap.add_argument("--json", type=Path, help="also write the figures here")
     return ap.parse_args(argv)
 
@@ -106,10 +113,15 @@ def run(args: argparse.Namespace) -> dict:
         cfg = project_config(Path(tmp), 0, 0, args.size - 1, args.size - 1, backend="modal")
         project = Project(cfg)
         defs = build_definitions(
-            cfg, generator=GeneratorResource(backend="modal", settings_json=json.dumps(settings))
+            cfg,
+            generator=GeneratorResource(
+                backend="modal",
+                settings_json=json.dumps(settings),
+                slot_dir=str(Path(tmp) / "endpoint_slots") if args.slots == "host" else "",
+            ),
         )
         with _instance(Path(tmp) / "dagster_home") as instance:
-            t0 = time.monotonic()
+            t0, wall0 = time.monotonic(), time.time()
             if args.driver == "parallel":
                 report = drive_parallel(defs, project, instance, runs_in_flight=runs, wait_s=1.0)
             else:
@@ -131,6 +143,7 @@ def run(args: argparse.Namespace) -> dict:
             "p429": args.p429,
             "time_scale": s,
             "driver": args.driver,
+            "slots": args.slots,
             "runs_in_flight": runs if args.driver == "parallel" else 1,
             "quadrants": len(project.quadrants),
             "steps": len(project.plan.steps),
@@ -148,6 +161,15 @@ def run(args: argparse.Namespace) -> dict:
             "ideal_calls_per_hour_per_endpoint": round(3600 / args.latency, 1),
             "original_generations_per_hour_per_gpu": ORIGINAL_PER_GPU_HOUR,
             "run_log": [f"{e['label']} {e['seconds']:.2f}s" for e in report.log],
+            # Each run's (label, start, end) in seconds from the first model request (negative: before it).
+            "run_timeline": [
+                (e["label"], round(a, 2), round(a + e["seconds"], 2))
+                for e in report.log
+                for a in [e["finished"] - e["seconds"] - wall0 - (g0 - t0)]
+            ],
+            # Each endpoint's GPU intervals from the first model request on (scaled seconds): where the gaps are.
+            "busy": [[(round(a - g0, 2), round(b - g0, 2)) for a, b in e.busy] for e in endpoints],
+            "first_call_after_s": round(g0 - t0, 2),
         }
 
 
@@ -158,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"{r['endpoints']} endpoint(s), {r['latency_s']:g} ± {r['jitter_s']:g} s per call, capacity {r['capacity']} "
         f"(client sends {r['client_concurrency']}), "
-        f"p429 {r['p429']:g}, time scale {r['time_scale']:g}, {r['driver']} driver "
+        f"p429 {r['p429']:g}, time scale {r['time_scale']:g}, {r['driver']} driver, {r['slots']} slots "
         f"({r['runs_in_flight']} run(s) in flight): {r['quadrants']} quadrants, {r['steps']} steps, "
         f"{r['model_calls']} calls, {r['http_429']} × 429, {r['runs']} Dagster runs"
     )

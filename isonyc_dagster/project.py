@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from isonyc_dagster.generate.references import ReferenceSelector
     from isonyc_dagster.generate.rules import StepRules
     from isonyc_dagster.generate.step import StepInputs
+    from isonyc_dagster.generate.waves import LatticeOrder
     from isonyc_dagster.geodata.model import City
     from isonyc_dagster.photoreal import PhotorealRenderer
     from isonyc_dagster.publish.clip import PublishSpec
@@ -86,6 +87,13 @@ class Project:
         from isonyc_dagster.generate.plan import LatticePlan
 
         return LatticePlan.from_quadrants(self.quadrants.keys)
+
+    @cached_property
+    def order(self) -> LatticeOrder:
+        """The order of the quadrant and step partition keys (a key range is a compact region)."""
+        from isonyc_dagster.generate.waves import LatticeOrder
+
+        return LatticeOrder(self.plan, self.quadrants.keys)
 
     @cached_property
     def publish_spec(self) -> PublishSpec:

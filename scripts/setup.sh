@@ -16,7 +16,9 @@ if [ "$mode" = "test" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
   extras="[test,ml]"
 fi
-.venv/bin/uv pip install -q --python .venv/bin/python -e ".${extras}"
+# --compile-bytecode: uv does not write .pyc by default, and with PYTHONDONTWRITEBYTECODE set (containers, CI)
+# every process would compile Dagster again: ~6 of the ~11 CPU-s a spawned run worker spent (bench_launch.py).
+.venv/bin/uv pip install -q --compile-bytecode --python .venv/bin/python -e ".${extras}"
 if command -v npm >/dev/null 2>&1; then
   npm ci --no-audit --no-fund --loglevel=error
 else

@@ -50,3 +50,12 @@ ASSET_NAMES = {
     "published_map",
     "style_pairs",
 }
+
+
+def full_range_tags(order) -> dict[str, str]:
+    """Run tags of a range run over every key of an asset (``project.order.quadrants`` or ``.steps[kind]``)."""
+    first, last = order.keys[0], order.keys[-1]
+    return {
+        "dagster/asset_partition_range_start": f"{first[0]}|{first[1]}",
+        "dagster/asset_partition_range_end": f"{last[0]}|{last[1]}",
+    }

@@ -61,3 +61,10 @@ def instance_yaml(cluster: Any, db: str) -> str:
     """``dagster.yaml`` of an instance on database ``db`` of ``cluster`` (the setup script's, another database)."""
     lp = local_postgres()
     return lp.dagster_yaml(cluster).replace(f"db_name: {lp.DB_NAME}", f"db_name: {db}")
+
+
+def instance_home(cluster: Any, home: Path, prefix: str = "t") -> Path:
+    """``home`` as a ``DAGSTER_HOME`` whose instance lives on a new database of ``cluster``."""
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "dagster.yaml").write_text(instance_yaml(cluster, fresh_database(cluster, prefix)))
+    return home

@@ -78,7 +78,7 @@ def test_asset_graph_equals_the_snapshot() -> None:
 def test_snapshot_sees_a_changed_mapping() -> None:
     """The snapshot is sensitive to one partition edge: drop one block → bridge_v context edge and compare."""
     snap = asset_graph_snapshot(build_definitions(ProjectConfig()))
-    mapping = snap["bridges_v"]["deps"]["blocks"]["multi"]["bx"]["mapping"]["static"]
+    mapping = snap["bridges_v"]["deps"]["blocks"]["static"]
     first = next(k for k, v in mapping.items() if v)
     mapping[first] = mapping[first][1:]
     assert snap != json.loads(SNAPSHOT.read_text())

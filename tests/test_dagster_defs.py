@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from isonyc_dagster.defs.partitions import key2, parse_key2
 from isonyc_dagster.defs.sensors import STEP_ASSETS
 from isonyc_dagster.generate.plan import StepKind
 from isonyc_dagster.project import Project
-from tests.dagster_helpers import ASSET_NAMES, project_config
+from tests.dagster_helpers import ASSET_NAMES, full_range_tags, project_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,7 +49,7 @@ def test_assets_partitions_and_jobs(tmp_path: Path) -> None:
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
     assert keys == ASSET_NAMES
     qp = graph.get(dg.AssetKey("render")).partitions_def
-    assert isinstance(qp, dg.MultiPartitionsDefinition)
+    assert isinstance(qp, dg.StaticPartitionsDefinition)
     assert len(qp.get_partition_keys()) == 9 * 6
     cp = graph.get(dg.AssetKey("blocks")).partitions_def
     assert {parse_key2(k) for k in cp.get_partition_keys()} == {
@@ -98,8 +99,7 @@ def test_step_without_context_fails_fast_and_generates_nothing(tmp_path: Path, i
     defs = build_definitions(cfg)
     project = Project(cfg)
     render = defs.resolve_job_def("render_job").execute_in_process(
-        instance=instance,
-        tags={"dagster/asset_partition_range_start": "0|0", "dagster/asset_partition_range_end": "5|5"},
+        instance=instance, tags=full_range_tags(project.order.quadrants)
     )
     assert render.success
     # What a user opens in the UI for one quadrant of that range run: its own preview and provenance, on the
@@ -129,14 +129,15 @@ def test_step_without_context_fails_fast_and_generates_nothing(tmp_path: Path, i
 
 
 def test_scheduler_caps_runs_in_flight(tmp_path: Path, instance, monkeypatch: pytest.MonkeyPatch) -> None:
-    from isonyc_dagster.defs.sensors import wave_run_requests
+    from isonyc_dagster.defs.sensors import MAX_PER_RUN, wave_run_requests
 
-    cfg = project_config(tmp_path, 0, 0, 20, 11)  # 252 quadrants: 2 render runs, 2 water-mask runs later
+    cfg = project_config(tmp_path, 0, 0, 20, 11)  # 252 quadrants: 2 render runs of at most 128
     defs = build_definitions(cfg)
     project = Project(cfg)
     first, summary = wave_run_requests(project, instance)
     assert [r.job_name for r in first] == ["geodata_job"] and "geodata" in summary
     assert defs.resolve_job_def("geodata_job").execute_in_process(instance=instance).success
+    monkeypatch.setitem(MAX_PER_RUN, "render", 128)
     monkeypatch.setenv("ISONYC_MAX_RUNS_IN_FLIGHT", "1")
     requests, summary = wave_run_requests(project, instance)
     assert [r.job_name for r in requests] == ["render_job"]
@@ -144,8 +145,85 @@ def test_scheduler_caps_runs_in_flight(tmp_path: Path, instance, monkeypatch: py
     monkeypatch.setenv("ISONYC_MAX_RUNS_IN_FLIGHT", "4")
     requests, _ = wave_run_requests(project, instance)
     assert [r.job_name for r in requests] == ["render_job", "render_job"]
-    keys = sorted(
-        (r.tags["dagster/asset_partition_range_start"], r.tags["dagster/asset_partition_range_end"])
+    # Two ranges of the key order: disjoint, together every quadrant, at most MAX_PER_RUN each.
+    order = project.order.quadrants
+    ranges = [
+        order.between(
+            parse_key2(r.tags["dagster/asset_partition_range_start"]),
+            parse_key2(r.tags["dagster/asset_partition_range_end"]),
+        )
         for r in requests
+    ]
+    assert [len(r) for r in ranges] == [128, 252 - 128]
+    assert set(ranges[0]) | set(ranges[1]) == set(project.quadrants.keys)
+
+
+def test_partitions_are_exactly_what_can_be_materialized(tmp_path: Path) -> None:
+    """A diagonal island: no partition outside the bounds, no step partition without a step (issue 12)."""
+    from isonyc_dagster.geo.config import MapConfig
+    from isonyc_dagster.geo.geometry import MapGeometry
+
+    g = MapGeometry(MapConfig())
+    px = [0.5 * g.q, 12.5 * g.q, 12.5 * g.q]
+    py = [0.5 * g.q, 0.5 * g.q, 10.5 * g.q]
+    lng, lat = g.pixel_to_lnglat(px, py)
+    ring = [[float(a), float(b)] for a, b in zip(lng, lat, strict=True)]
+    (tmp_path / "tri.geojson").write_text(json.dumps({"type": "Polygon", "coordinates": [[*ring, ring[0]]]}))
+    cfg = project_config(tmp_path, 0, 0, 1, 1).model_copy(update={"bounds": str(tmp_path / "tri.geojson")})
+    project = Project(cfg)
+    x0, y0, x1, y1 = project.quadrants.bbox
+    assert len(project.quadrants) < 0.7 * (x1 - x0 + 1) * (y1 - y0 + 1)  # the bounding box is mostly outside
+    graph = build_definitions(cfg).resolve_asset_graph()
+    for name in ("render", "generation", "water_mask"):
+        keys = graph.get(dg.AssetKey(name)).partitions_def.get_partition_keys()
+        assert sorted(parse_key2(k) for k in keys) == sorted(project.quadrants.keys)
+    for kind, name in STEP_ASSETS.items():
+        keys = graph.get(dg.AssetKey(name)).partitions_def.get_partition_keys()
+        assert sorted(parse_key2(k) for k in keys) == sorted(
+            s.cell for s in project.plan.steps if s.kind is kind
+        )
+
+
+def test_a_fill_run_does_what_is_ready_skips_the_rest_and_fails_when_nothing_is(
+    tmp_path: Path, instance
+) -> None:
+    from isonyc_dagster.defs.assets._common import FILL_TAG
+
+    cfg = project_config(tmp_path, 0, 0, 5, 5)
+    defs = build_definitions(cfg)
+    project = Project(cfg)
+    order = project.order
+    assert defs.resolve_job_def("geodata_job").execute_in_process(instance=instance).success
+    first_cell = order.quadrants.keys[:9]  # the quadrants of the first lattice cell in the order
+    tags = {"dagster/asset_partition_range_start": key2(*first_cell[0])}
+    tags["dagster/asset_partition_range_end"] = key2(*first_cell[-1])
+    assert defs.resolve_job_def("render_job").execute_in_process(instance=instance, tags=tags).success
+
+    def blocks() -> list:
+        return list(instance.fetch_materializations(dg.AssetKey("blocks"), limit=100).records)
+
+    fill = full_range_tags(order.steps[StepKind.BLOCK]) | {FILL_TAG: "missing"}
+    run = defs.resolve_job_def("blocks_job").execute_in_process(instance=instance, tags=fill)
+    assert run.success
+    ready = [
+        s.cell for s in project.plan.steps if s.kind is StepKind.BLOCK and set(s.quadrants) <= set(first_cell)
+    ]
+    assert len(ready) == 1 and len(order.steps[StepKind.BLOCK]) == 4
+    # One materialization per block done (none for the range as a whole), none for the three without renders.
+    assert [parse_key2(r.partition_key) for r in blocks()] == ready
+    versions = len(
+        project.store.versions("generation", *project.plan.get(StepKind.BLOCK, ready[0]).quadrants[0])
     )
-    assert keys == [("0|0", "20|5"), ("0|6", "20|11")]
+    again = defs.resolve_job_def("blocks_job").execute_in_process(
+        instance=instance, tags=fill, raise_on_error=False
+    )
+    assert not again.success  # the done block is skipped, the others are still not ready: nothing to do
+    text = str(
+        next(e for e in again.all_events if e.event_type_value == "STEP_FAILURE").step_failure_data.error
+    )
+    assert "nothing in this range was ready" in text and "render" in text
+    assert len(blocks()) == 1
+    assert (
+        len(project.store.versions("generation", *project.plan.get(StepKind.BLOCK, ready[0]).quadrants[0]))
+        == versions
+    )

@@ -1,5 +1,5 @@
 """``dagster-webserver -w workspace.yaml`` (what ``dagster dev`` serves) loads the code location: assets, jobs,
-the wave scheduler and the 2-D quadrant partitions are visible through the UI's own GraphQL API."""
+the wave scheduler and the in-bounds quadrant partitions are visible through the UI's own GraphQL API."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from isonyc_dagster.geo.config import ProjectConfig
+from isonyc_dagster.project import Project
 from tests.dagster_helpers import ASSET_NAMES
 
 pytestmark = pytest.mark.slow
@@ -22,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 QUERY = """
 {
   assetNodes { assetKey { path } groupName partitionDefinition { type dimensionTypes { name } }
-               dependencyKeys { path } }
+               partitionKeysByDimension { partitionKeys } dependencyKeys { path } }
   repositoriesOrError { ... on RepositoryConnection { nodes { name jobs { name } sensors { name } } } }
 }
 """
@@ -79,8 +81,13 @@ def test_webserver_shows_the_pipeline(tmp_path: Path) -> None:
         assert data and data["assetNodes"], "webserver did not come up with the code location"
         nodes = {"/".join(n["assetKey"]["path"]): n for n in data["assetNodes"]}
         assert set(nodes) >= ASSET_NAMES
-        dims = [d["name"] for d in nodes["render"]["partitionDefinition"]["dimensionTypes"]]
-        assert dims == ["x", "y"]
+        # The UI lists exactly the quadrants inside the bounds, in the key order (a range is a compact region).
+        assert nodes["render"]["partitionDefinition"]["type"] == "STATIC"
+        project = Project(ProjectConfig())
+        (keys,) = [d["partitionKeys"] for d in nodes["render"]["partitionKeysByDimension"]]
+        assert keys == [f"{x}|{y}" for x, y in project.order.quadrants.keys] and len(keys) == len(
+            project.quadrants
+        )
         deps = {"/".join(d["path"]) for d in nodes["corners"]["dependencyKeys"]}
         assert deps == {"render", "blocks", "bridges_v", "bridges_h"}
         repo = data["repositoriesOrError"]["nodes"][0]

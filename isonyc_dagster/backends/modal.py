@@ -23,12 +23,15 @@ Optional Modal proxy auth: ``Modal-Key`` / ``Modal-Secret`` headers.
 Several endpoints (e.g. one deployment per GPU, or per region): ``endpoint`` may be a list of URLs (or
 one string of comma-separated URLs). Each attempt goes to the least busy endpoint with a free slot,
 at most ``endpoint_concurrency`` requests in flight per endpoint (2 keeps one GPU fed: one request
-runs while the next waits); ``max_concurrency`` (:class:`HttpSettings`) still caps the total.
+runs while the next waits); ``max_concurrency`` (:class:`HttpSettings`) still caps the total. With ``slot_dir`` (a
+directory all run processes share; the Dagster resource passes one) ``endpoint_concurrency`` holds host-wide, across
+concurrent runs, not per process.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import secrets
 import threading
@@ -38,6 +41,7 @@ from collections.abc import Iterator, Sequence
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from isonyc_dagster.backends import transport
+from isonyc_dagster.backends._slots import POLL_S, SlotFiles
 from isonyc_dagster.backends.base import BackendConfigError, GenerationRequest, GenerationResult
 from isonyc_dagster.backends.remote import RemoteBackend
 from isonyc_dagster.backends.transport import AttemptError, HttpSettings
@@ -76,30 +80,63 @@ class EndpointPool:
     at a random endpoint, so that several processes (concurrent runs) do not all send their first request to the
     first endpoint.
     ``per_endpoint`` None: no limit per endpoint (the transport's ``max_concurrency`` is the only one).
+    ``slot_dir``: the limit holds host-wide, across every process using that directory (concurrent runs, see
+    ``backends._slots``), and "least busy" counts their requests too; None: this process's requests only.
     """
 
-    def __init__(self, urls: Sequence[str], per_endpoint: int | None) -> None:
+    def __init__(
+        self, urls: Sequence[str], per_endpoint: int | None, slot_dir: str | os.PathLike[str] | None = None
+    ) -> None:
         self.urls = list(urls)
         self.per_endpoint = per_endpoint
         self.in_flight = [0] * len(self.urls)
         # Never used is "longest ago": a random order among them (see above).
         self._started = [-random.random() for _ in self.urls]
         self._cond = threading.Condition()
+        self._polling = False  # a thread of this process is polling the host-wide slots
+        self._shared = (
+            SlotFiles(slot_dir, self.urls, per_endpoint)
+            if slot_dir is not None and per_endpoint is not None
+            else None
+        )
+
+    def _take(self) -> tuple[int, int] | None:
+        """The endpoint (and host-wide slot, or -1) to send to, now taken; None when all are full (under the lock)."""
+        if self._shared is None:
+            free = [
+                i for i, n in enumerate(self.in_flight) if self.per_endpoint is None or n < self.per_endpoint
+            ]
+            if not free:
+                return None
+            return min(free, key=lambda j: (self.in_flight[j], self._started[j])), -1
+        slots = self._shared.free()  # each taken: keep the chosen one, give back the others
+        free = [i for i, ks in enumerate(slots) if ks]
+        chosen = min(free, key=lambda j: (-len(slots[j]), self._started[j])) if free else None
+        for i, ks in enumerate(slots):
+            for k in ks[1:] if i == chosen else ks:
+                self._shared.release(i, k)
+        return None if chosen is None else (chosen, slots[chosen][0])
 
     @contextlib.contextmanager
     def slot(self) -> Iterator[str]:
         """Hold one slot of the chosen endpoint while a request to it is in flight; yields its URL."""
         with self._cond:
-            while True:
-                free = [
-                    i
-                    for i, n in enumerate(self.in_flight)
-                    if self.per_endpoint is None or n < self.per_endpoint
-                ]
-                if free:
-                    break
-                self._cond.wait()
-            i = min(free, key=lambda j: (self.in_flight[j], self._started[j]))
+            if self._shared is not None and self._shared.forked():  # a forked child: the parent's requests
+                self.in_flight = [0] * len(self.urls)  # (and polling threads) are not here
+                self._polling = False
+            while (taken := self._take()) is None:
+                if self._shared is None or self._polling:
+                    self._cond.wait()  # a release here (or the thread that polls) wakes it
+                    continue
+                # Another process's release wakes no one here: one thread of this process looks every POLL_S.
+                self._polling = True
+                try:
+                    self._cond.wait(POLL_S)
+                finally:
+                    self._polling = False
+            if self._shared is not None:
+                self._cond.notify()  # another waiter takes over the polling
+            i, k = taken
             self.in_flight[i] += 1
             self._started[i] = time.monotonic()
         try:
@@ -107,7 +144,15 @@ class EndpointPool:
         finally:
             with self._cond:
                 self.in_flight[i] -= 1
+                if self._shared is not None:
+                    self._shared.release(i, k)
                 self._cond.notify()
+
+    def close(self) -> None:
+        """Close the host-wide slot files (a slot still held is freed)."""
+        with self._cond:
+            if self._shared is not None:
+                self._shared.close()
 
 
 def endpoint_list(endpoint: str | Sequence[str]) -> list[str]:
@@ -141,6 +186,7 @@ class ModalBackend(RemoteBackend):
         default_prompt: str = DEFAULT_PROMPT,
         http: HttpSettings | None = None,
         endpoint_concurrency: int | None = None,
+        slot_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         urls = endpoint_list(endpoint)
         if endpoint_concurrency is not None and endpoint_concurrency < 1:
@@ -152,7 +198,7 @@ class ModalBackend(RemoteBackend):
         if not 1 <= steps <= 100:
             raise BackendConfigError(f"modal steps must be within 1..100, got {steps}")
         self.endpoint = urls[0] if len(urls) == 1 else ",".join(urls)
-        self.endpoints = EndpointPool(urls, endpoint_concurrency)
+        self.endpoints = EndpointPool(urls, endpoint_concurrency, slot_dir)
         self.default_prompt = default_prompt
         #: Sent with every request as they are, and recorded in provenance.
         self.sampling = {"steps": steps, "true_cfg_scale": true_cfg_scale, "guidance_scale": guidance_scale}
@@ -165,6 +211,10 @@ class ModalBackend(RemoteBackend):
         per = self.endpoints.per_endpoint
         total = self.transport.settings.max_concurrency
         return total if per is None else min(total, per * len(self.endpoints.urls))
+
+    def close(self) -> None:
+        super().close()
+        self.endpoints.close()
 
     def __repr__(self) -> str:
         auth = "proxy-auth" if self._token_id else "no-auth"

@@ -14,6 +14,7 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
+from isonyc_dagster.cli import codeserver as codeserver_cli
 from isonyc_dagster.cli import lift as lift_cli
 from isonyc_dagster.cli import operate as operate_cli
 from isonyc_dagster.cli import publish as publish_cli
@@ -348,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     style_cli.add_parser(sub)
     training_cli.add_parser(sub)
     lift_cli.add_parser(sub)
+    codeserver_cli.add_parser(sub)
     return p
 
 

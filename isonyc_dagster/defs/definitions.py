@@ -24,7 +24,7 @@ from isonyc_dagster.defs.assets.style import style_pairs
 from isonyc_dagster.defs.assets.training import build_training_defs
 from isonyc_dagster.defs.assets.water import build_water_asset
 from isonyc_dagster.defs.jobs import seam_pilot_job
-from isonyc_dagster.defs.partitions import LatticeMappings, cell_partitions, quadrant_partitions
+from isonyc_dagster.defs.partitions import LatticeMappings
 from isonyc_dagster.defs.resources import (
     GeneratorResource,
     ProjectResource,
@@ -43,9 +43,8 @@ def build_definitions(config: ProjectConfig, *, generator: GeneratorResource | N
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
     warnings.filterwarnings("ignore", category=dg.PreviewWarning)
     project = Project(config)
-    qp = quadrant_partitions(project.quadrants)
-    cp = cell_partitions(project.plan)
-    maps = LatticeMappings(project.plan, project.quadrants)
+    maps = LatticeMappings(project.plan, project.order)
+    qp = maps.quadrants
 
     render = build_render_asset(qp)
     # The photoreal layer exists only where the project's infill uses it (the default graph is unchanged).
@@ -56,9 +55,11 @@ def build_definitions(config: ProjectConfig, *, generator: GeneratorResource | N
         deps += [
             dg.AssetDep(layers.PHOTOREAL, partition_mapping=maps.quadrant_to_step(kind)) for _ in photoreal
         ]
-        for up_kind, dx, dy in LatticeMappings.CONTEXT[kind]:
-            deps.append(dg.AssetDep(STEP_ASSET_NAMES[up_kind], partition_mapping=maps.step_to_step(dx, dy)))
-        steps.append(build_step_asset(kind, cp, deps))
+        for up_kind in LatticeMappings.CONTEXT[kind]:
+            deps.append(
+                dg.AssetDep(STEP_ASSET_NAMES[up_kind], partition_mapping=maps.step_to_step(up_kind, kind))
+            )
+        steps.append(build_step_asset(kind, maps.cells[kind], deps))
     generation = build_generation_asset(
         qp,
         [dg.AssetDep(STEP_ASSET_NAMES[k], partition_mapping=maps.step_to_quadrant(k)) for k in StepKind],
@@ -68,7 +69,7 @@ def build_definitions(config: ProjectConfig, *, generator: GeneratorResource | N
     exports = build_export_assets()
     restyled, restyle_jobs = [], []
     for name, prompt in config.restyle.items():
-        assets, more_jobs = build_restyle_assets(name, prompt, cp, maps)
+        assets, more_jobs = build_restyle_assets(name, prompt, maps)
         restyled, restyle_jobs = restyled + assets, restyle_jobs + more_jobs
     derived, derived_jobs = build_derived_defs(list(config.derived_layers), qp, restyled)
     derived, derived_jobs = derived + restyled, derived_jobs + restyle_jobs

@@ -18,7 +18,14 @@ from typing import Any
 
 import dagster as dg
 
-from isonyc_dagster.defs.runs import STOP, UNFINISHED, mark_canceling, process_tags
+from isonyc_dagster.defs.runs import (
+    STOP,
+    UNFINISHED,
+    mark_canceling,
+    one_planned_event_per_run,
+    process_tags,
+    return_freed_memory,
+)
 from isonyc_dagster.defs.sensors import ASSET_TAG, RANGE_END, RANGE_START, STEP_ASSETS, plan_waves
 from isonyc_dagster.project import Project
 
@@ -156,6 +163,8 @@ def drive(
     wait_s: float = 2.0,
 ) -> DriveReport:
     """Request and execute runs until the scheduler has nothing left to do."""
+    one_planned_event_per_run()
+    return_freed_memory()
     report = DriveReport()
     t0 = time.perf_counter()
     idle_rounds = 0

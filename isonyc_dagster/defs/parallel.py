@@ -23,7 +23,7 @@ from multiprocessing.process import BaseProcess
 import dagster as dg
 
 from isonyc_dagster.defs.driver import DriveReport, _feeds_model, _label
-from isonyc_dagster.defs.runs import STOP, process_tags
+from isonyc_dagster.defs.runs import STOP, one_planned_event_per_run, process_tags, return_freed_memory
 from isonyc_dagster.defs.sensors import plan_waves
 from isonyc_dagster.project import Project
 
@@ -98,6 +98,8 @@ def drive_parallel(
 
     Needs a persistent instance (``DagsterInstance.from_config``): the workers open it again from its ref.
     """
+    one_planned_event_per_run()
+    return_freed_memory()
     ref = instance.get_ref()
     ctx = mp.get_context("fork")
     report = DriveReport()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 import threading
 from typing import Any
 
@@ -17,7 +18,7 @@ import dagster as dg
 
 from isonyc_dagster.backends.base import BackendConfigError, ImageBackend
 from isonyc_dagster.backends.transport import HttpSettings
-from isonyc_dagster.defs.runs import mark_run_process
+from isonyc_dagster.defs.runs import mark_run_process, return_freed_memory
 from isonyc_dagster.geo.config import MapConfig, ProjectConfig
 from isonyc_dagster.project import Project
 
@@ -46,6 +47,9 @@ class GeneratorResource(dg.ConfigurableResource):
     #: The project's pixel-art style (``ProjectConfig.style``) as JSON of its non-default ``StyleParams``; empty for
     #: the default look, so existing steps keep their identity.
     style_json: str = ""
+    #: Directory of the host-wide endpoint slots (``backends._slots``): through it the processes of concurrent runs
+    #: share each Modal endpoint's ``endpoint_concurrency`` instead of each sending that many; empty: per process.
+    slot_dir: str = ""
 
     def _style_part(self, backend: str) -> list[Any]:
         return [json.loads(self.style_json)] if backend == "pixelart" and self.style_json else []
@@ -103,6 +107,8 @@ class GeneratorResource(dg.ConfigurableResource):
             settings |= self._rule_backend_settings(backend)
         if model is not None:
             settings["model"] = model
+        if backend == "modal" and self.slot_dir:
+            settings.setdefault("slot_dir", self.slot_dir)
         if backend == "pixelart" and map_config is not None:
             settings.setdefault("map_config", map_config.model_dump(mode="json"))
         if backend == "pixelart" and self.style_json:  # explicit settings params override the style file
@@ -132,7 +138,7 @@ class GeneratorResource(dg.ConfigurableResource):
 #: Settings that decide where and how a request travels, not what the model draws: changing them (another endpoint
 #: list, more concurrency, longer timeouts) must not make committed steps look different and be generated again.
 #: The model itself is named by ``model``/``model_id``, and every answer's provenance records who served it.
-_TRANSPORT_SETTINGS = frozenset({"url", "endpoint_concurrency", *HttpSettings.model_fields})
+_TRANSPORT_SETTINGS = frozenset({"url", "endpoint_concurrency", "slot_dir", *HttpSettings.model_fields})
 
 
 def _output_settings(settings_json: str) -> dict[str, Any]:
@@ -199,7 +205,16 @@ def generator_resource(
         candidates=int(os.environ.get("ISONYC_CANDIDATES", "1")),
         urls_json=json.dumps(urls),
         style_json=json.dumps(style, sort_keys=True) if style else "",
+        slot_dir=default_slot_dir(),
         **others,
+    )
+
+
+def default_slot_dir() -> str:
+    """Where concurrent runs share the model endpoints' slots: ``$ISONYC_SLOT_DIR``, else one directory per user of
+    the host (an endpoint's capacity is its own, whichever project or run sends to it)."""
+    return os.environ.get("ISONYC_SLOT_DIR") or os.path.join(
+        tempfile.gettempdir(), f"isonyc-endpoint-slots-{os.getuid()}"
     )
 
 
@@ -220,6 +235,7 @@ class ProjectResource(dg.ConfigurableResource):
         # The run worker records its process, so a run whose process dies is found and failed (defs/runs.py).
         if context.instance is not None and context.run is not None:
             mark_run_process(context.instance, context.run)
+        return_freed_memory()  # a launched run worker too (the drivers set it for themselves)
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         # Fold the index's write-ahead log into the index at the end of every run: a lost -wal file can then

@@ -10,8 +10,10 @@ the scheduler requests its work again at once instead of cooling down as after a
 
 from __future__ import annotations
 
+import ctypes
 import os
 import socket
+import sys
 import threading
 
 import dagster as dg
@@ -110,3 +112,36 @@ def reap_dead_runs(instance: dg.DagsterInstance, tags: dict[str, str] | None = N
         )
         reaped.append(f"{run.job_name} {run.run_id[:8]}")
     return reaped
+
+
+#: Dagster's switch (read where a run is created) for one ``ASSET_MATERIALIZATION_PLANNED`` event per asset of a
+#: run, carrying the run's partition subset, instead of one event per partition: a 1,000-key range run then writes
+#: one planned event, not 1,000. The cost: a failed run's partitions show as missing, not failed, in the UI (the
+#: run itself shows failed, and the scheduler counts failures from runs, not from partition status).
+PLANNED_EVENTS_ENV = "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS"
+
+
+def one_planned_event_per_run() -> None:
+    """Make runs created by this process log one planned event per asset (unless the environment says otherwise)."""
+    os.environ.setdefault(PLANNED_EVENTS_ENV, "1")
+
+
+#: glibc ``mallopt`` parameter (malloc.h): at most this many arenas serve the threads.
+_M_ARENA_MAX = -8
+_ARENA_MAX = 2
+
+
+def return_freed_memory() -> None:
+    """Keep freed arrays of a run's threads reusable (Linux, glibc; a no-op elsewhere).
+
+    A run decodes thousands of 1–3 MB buffers, in worker threads, and glibc gives each thread its own arena, so
+    memory freed in one was not reused by another. Two arenas only. (A fixed 1 MiB mmap threshold also returned every
+    large array to the system, 0.82 instead of 1.06 GB peak on lower Manhattan's blocks run, but cost 20 % more CPU
+    in page faults: not worth it.)"""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (musl): its allocator has no per-thread arenas to bound
+        return
+    libc.mallopt(_M_ARENA_MAX, _ARENA_MAX)

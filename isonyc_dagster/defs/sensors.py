@@ -19,13 +19,15 @@ import dagster as dg
 from dagster_shared.check import CheckError
 
 from isonyc_dagster import layers
+from isonyc_dagster.defs.assets._common import FILL_TAG
 from isonyc_dagster.defs.assets.steps import STEP_ASSET_NAMES
 from isonyc_dagster.defs.operate import people_work
 from isonyc_dagster.defs.partitions import key2, parse_key2
 from isonyc_dagster.defs.resources import GeneratorResource, ProjectResource
+from isonyc_dagster.defs.run_tags import backend_tags
 from isonyc_dagster.defs.runs import DEAD_TAG, UNFINISHED, reap_dead_runs
 from isonyc_dagster.generate.plan import StepKind
-from isonyc_dagster.generate.waves import Progress, WaveRequests, complete, ready, rect_keys, rectangles
+from isonyc_dagster.generate.waves import KeyOrder, Progress, WaveRequests, complete, ready
 from isonyc_dagster.project import Project
 
 SCHEDULER_TAG = "isonyc/scheduler"
@@ -36,8 +38,10 @@ PARTITION_TAG = "dagster/partition"
 
 STEP_ASSETS = STEP_ASSET_NAMES
 EXPORT_ASSETS = (layers.DZI_PYRAMID, layers.PMTILES_ARCHIVE)
-#: Partitions per run: bounded so one run stays minutes long and a failure loses little.
-MAX_PER_RUN = {layers.RENDER: 128, layers.WATER_MASK: 128, layers.GENERATION: 128, "steps": 32}
+#: Partitions to do per run: large, because a launched run costs seconds of overhead and the key order makes a range
+#: a compact region, yet bounded so that one run stays minutes long and a failure loses little (a step run of 256
+#: remote calls is ~10 min on 8 GPU slots). Renders are cut finest: their chunks pace the pipeline behind them.
+MAX_PER_RUN = {layers.RENDER: 1024, layers.WATER_MASK: 2048, layers.GENERATION: 2048, "steps": 256}
 MAX_ATTEMPTS = 5
 COOLDOWN_S = 30.0
 
@@ -60,11 +64,21 @@ def build_jobs() -> list:
     return jobs
 
 
-def _run_keys(tags: dict[str, str]) -> set[tuple[int, int]]:
+def key_orders(project: Project) -> dict[str, KeyOrder]:
+    """The partition key order of each scheduled asset (quadrant assets share one, each step kind has its own)."""
+    quadrant_order = project.order.quadrants
+    out = {name: quadrant_order for name in (*layers.QUADRANT_LAYERS, *quadrant_followers(project))}
+    out.update({STEP_ASSETS[k]: project.order.steps[k] for k in StepKind})
+    return out
+
+
+def _run_keys(tags: dict[str, str], orders: dict[str, KeyOrder]) -> set[tuple[int, int]]:
+    """The keys a run covers: its partition, or every key of its range in the asset's order."""
     if RANGE_START in tags and RANGE_END in tags:
-        a0, b0 = parse_key2(tags[RANGE_START])
-        a1, b1 = parse_key2(tags[RANGE_END])
-        return rect_keys((a0, b0, a1, b1))
+        order = orders.get(tags.get(ASSET_TAG, ""))
+        if order is None:
+            return set()
+        return set(order.between(parse_key2(tags[RANGE_START]), parse_key2(tags[RANGE_END])))
     if PARTITION_TAG in tags:
         return {parse_key2(tags[PARTITION_TAG])}
     return set()
@@ -93,17 +107,17 @@ def _scheduler_runs(instance: dg.DagsterInstance, statuses: list[dg.DagsterRunSt
     return list(instance.get_run_records(dg.RunsFilter(statuses=statuses, tags={SCHEDULER_TAG: "wave"})))
 
 
-def in_flight(runs: list) -> Progress:
+def in_flight(runs: list, orders: dict[str, KeyOrder]) -> Progress:
     """Keys of the scheduler's queued and running runs (never requested twice)."""
     busy = Progress()
     for rec in runs:
         tags = rec.dagster_run.tags
-        _add(busy, tags.get(ASSET_TAG, ""), _run_keys(tags))
+        _add(busy, tags.get(ASSET_TAG, ""), _run_keys(tags, orders))
     return busy
 
 
 def cooling_down(
-    instance: dg.DagsterInstance, now: float | None = None
+    instance: dg.DagsterInstance, orders: dict[str, KeyOrder], now: float | None = None
 ) -> tuple[Progress, list[str], list[str]]:
     """Keys whose last scheduled run failed recently (exponential cooldown) or too often (given up), and the labels
     (``asset[x|y]``) of those given up and of those waiting to be retried."""
@@ -118,7 +132,7 @@ def cooling_down(
         if DEAD_TAG in tags:  # its process died: the work did not fail and is requested again at once
             continue
         ended = rec.end_time or rec.create_timestamp.timestamp()
-        for k in _run_keys(tags):
+        for k in _run_keys(tags, orders):
             failures[(tags.get(ASSET_TAG, ""), k)] += 1
             last[(tags.get(ASSET_TAG, ""), k)] = max(last.get((tags.get(ASSET_TAG, ""), k), 0.0), ended)
     blocked, given_up, retrying = Progress(), [], []
@@ -174,32 +188,55 @@ def _follower_requests(
         base = qs if source is None else done.generation & qs
         todo = base - have - busy.other.get(asset, set())
         complete_ &= qs <= have
-        out += _requests(asset, todo, MAX_PER_RUN[layers.GENERATION], asset)
+        out += _requests(asset, todo, project.order.quadrants, MAX_PER_RUN[layers.GENERATION], asset)
         if asset == layers.PHOTOREAL:
             for kind, cells in req_steps.items():
                 req_steps[kind] = {c for c in cells if _has_all(project, kind, c, have)}
     return out, complete_
 
 
+#: While its upstream is still being written, work that calls no model waits until this many keys are ready.
+MIN_BATCH = 256
+
+
 def _batch_modelless(req: WaveRequests, busy: Progress) -> None:
     """Hold back work that calls no model (water masks, publishing) while its upstream is still being written, until
-    a full run's worth is ready (in place): a range run's partitions, and steps logged one by one as they are
-    committed, appear gradually, and one run per few keys would cost more than the work (``generation`` assesses
-    the whole map's QA once per run)."""
-    if busy.render and len(req.water_mask) < MAX_PER_RUN[layers.WATER_MASK]:
+    a batch is ready (in place): a range run's partitions, and steps logged one by one as they are committed, appear
+    gradually, and one run per few keys would cost more than the work (``generation`` assesses the whole map's QA
+    once per run)."""
+    if busy.render and len(req.water_mask) < MIN_BATCH:
         req.water_mask = set()
-    if any(busy.steps.values()) and len(req.generation) < MAX_PER_RUN[layers.GENERATION]:
+    if any(busy.steps.values()) and len(req.generation) < MIN_BATCH:
         req.generation = set()
 
 
-def _requests(asset: str, keys: set[tuple[int, int]], max_area: int, wave: str) -> Iterator[dg.RunRequest]:
-    for a0, b0, a1, b1 in rectangles(keys, max_area):
-        tags = {SCHEDULER_TAG: "wave", ASSET_TAG: asset, "isonyc/wave": wave}
-        if (a0, b0) == (a1, b1):
-            yield dg.RunRequest(job_name=job_name(asset), partition_key=key2(a0, b0), tags=tags)
-        else:
-            tags |= {RANGE_START: key2(a0, b0), RANGE_END: key2(a1, b1)}
-            yield dg.RunRequest(job_name=job_name(asset), tags=tags)
+def _requests(
+    asset: str,
+    keys: set[tuple[int, int]],
+    order: KeyOrder,
+    max_keys: int,
+    wave: str,
+    *,
+    avoid: set[tuple[int, int]] | None = None,
+    fill: bool = True,
+    tags: dict[str, str] | None = None,
+) -> Iterator[dg.RunRequest]:
+    """One run per key range holding ``keys`` (at most ``max_keys`` of them each), in the asset's key order.
+
+    With ``avoid`` (the keys in flight or cooling down), a range may also pass over other keys, done or not ready
+    yet: with ``fill`` the run carries ``FILL_TAG`` and skips them, so a wave scattered along the order is still one
+    run; without, it redoes them. Without ``avoid``, a range holds exactly ``keys``. ``tags`` are added to every run
+    (e.g. ``run_tags.backend_tags``)."""
+    passable = None if avoid is None else (lambda k: k not in avoid)
+    for first, last in order.spans(keys, max_wanted=max_keys, passable=passable):
+        run_tags = {SCHEDULER_TAG: "wave", ASSET_TAG: asset, "isonyc/wave": wave, **(tags or {})}
+        if first == last:
+            yield dg.RunRequest(job_name=job_name(asset), partition_key=key2(*first), tags=run_tags)
+            continue
+        run_tags |= {RANGE_START: key2(*first), RANGE_END: key2(*last)}
+        if avoid is not None and fill:
+            run_tags[FILL_TAG] = "missing"
+        yield dg.RunRequest(job_name=job_name(asset), tags=run_tags)
 
 
 def max_runs_in_flight() -> int:
@@ -245,20 +282,36 @@ def plan_waves(
         if layers.GEODATA in running_assets:
             return WavePlan([], "waiting for geodata")
         return WavePlan([_request(layers.GEODATA)], "geodata not prepared yet")
-    busy = in_flight(running)
+    orders = key_orders(project)
+    busy = in_flight(running, orders)
     followers = quadrant_followers(project)
     done = materialized(instance, followers)
-    blocked, given_up, retrying = cooling_down(instance)
-    req = ready(project.plan, project.quadrants.keys, done, _merge(busy, blocked))
+    blocked, given_up, retrying = cooling_down(instance, orders)
+    avoid = _merge(busy, blocked)
+    req = ready(project.plan, project.quadrants.keys, done, avoid)
     _batch_modelless(req, busy)
-    extra, followers_done = _follower_requests(project, done, _merge(busy, blocked), req.steps)
+    extra, followers_done = _follower_requests(project, done, avoid, req.steps)
     out: list[dg.RunRequest] = []
-    # Deepest waves first, so areas finish (and their context is used) before new areas start.
+    # Deepest waves first, so areas finish (and their context is used) before new areas start; water masks before
+    # the next renders, so they keep pace with them.
     for kind in (StepKind.CORNER, StepKind.BRIDGE_V, StepKind.BRIDGE_H, StepKind.BLOCK):
-        out += _requests(STEP_ASSETS[kind], req.steps[kind], MAX_PER_RUN["steps"], str(kind.wave))
-    out += _requests(layers.GENERATION, req.generation, MAX_PER_RUN[layers.GENERATION], "publish")
-    out += _requests(layers.RENDER, req.render, MAX_PER_RUN[layers.RENDER], "render")
-    out += _requests(layers.WATER_MASK, req.water_mask, MAX_PER_RUN[layers.WATER_MASK], "water")
+        name = STEP_ASSETS[kind]
+        out += _requests(
+            name,
+            req.steps[kind],
+            orders[name],
+            MAX_PER_RUN["steps"],
+            str(kind.wave),
+            avoid=avoid.steps[kind],
+            tags=backend_tags(project, name),
+        )
+    for asset, wave in (
+        (layers.GENERATION, "publish"),
+        (layers.WATER_MASK, "water"),
+        (layers.RENDER, "render"),
+    ):
+        keys, order = getattr(req, asset), orders[asset]
+        out += _requests(asset, keys, order, MAX_PER_RUN[asset], wave, avoid=getattr(avoid, asset))
     # The photoreal layer goes right after the renders (steps wait for it); derived layers follow generation.
     n_photo = sum(1 for r in extra if (r.tags or {}).get(ASSET_TAG) == layers.PHOTOREAL)
     out = extra[:n_photo] + out + extra[n_photo:] if n_photo else out + extra
@@ -286,7 +339,19 @@ def plan_waves(
         summary += f"; {note}" if note else ""
         for asset, keys in work.items():
             per_run = MAX_PER_RUN[layers.GENERATION if asset == layers.GENERATION else "steps"]
-            out += _requests(asset, keys, per_run, "people")
+            # Publishing again may pass over quadrants that are up to date (republishing the same pixels changes
+            # nothing); regenerating steps may not (each would be a new model call).
+            publish = asset == layers.GENERATION
+            out += _requests(
+                asset,
+                keys,
+                orders[asset],
+                per_run,
+                "people",
+                avoid=(busy.generation | blocked.generation) if publish else None,
+                fill=False,
+                tags=backend_tags(project, asset),
+            )
     if not out and not running and all_done:
         refresh, finished, note = _refresh_maps(project, instance)
         out += refresh
@@ -295,6 +360,9 @@ def plan_waves(
         summary += "; waiting on " + ", ".join(
             f"{r.dagster_run.tags.get(ASSET_TAG)} run {r.dagster_run.run_id[:8]}" for r in running[:5]
         )
+    if not all_done and done.generation and "export" not in running_assets and _map_refresh_due(instance):
+        out.append(_request("export"))  # last: it only takes a slot the generation does not need
+        summary += "; refreshing the map while the generation goes on"
     if len(out) > max(slots, 0):
         summary += f"; {len(out) - max(slots, 0)} more run(s) wait for a free slot"
         out = out[: max(slots, 0)]
@@ -334,6 +402,21 @@ def _refresh_maps(project: Project, instance: dg.DagsterInstance) -> tuple[list[
     if _export_cooled_down(instance, job):
         return [_request(job)], False, f"; refreshing the map: {stale}"
     return [], False, f"; map refresh failed recently, retrying after {COOLDOWN_S:.0f} s: {stale}"
+
+
+#: While a long fill goes on, the published map is refreshed this often (seconds), so people see it grow.
+MAP_REFRESH_S = 600.0
+
+
+def _map_refresh_due(instance: dg.DagsterInstance, now: float | None = None) -> bool:
+    """Whether the map should be refreshed before the fill ends: the fill and the last export (if any) started
+    more than ``MAP_REFRESH_S`` ago. Short fills get no intermediate map."""
+    now = time.time() if now is None else now
+    first = instance.get_run_records(dg.RunsFilter(tags={SCHEDULER_TAG: "wave"}), limit=1, ascending=True)
+    if not first or now - first[0].create_timestamp.timestamp() < MAP_REFRESH_S:
+        return False
+    last = instance.get_run_records(dg.RunsFilter(tags={SCHEDULER_TAG: "wave", ASSET_TAG: "export"}), limit=1)
+    return not last or now - last[0].create_timestamp.timestamp() >= MAP_REFRESH_S
 
 
 def _export_cooled_down(instance: dg.DagsterInstance, asset: str = "export") -> bool:

@@ -1,48 +1,120 @@
-"""Wave scheduling (pure): which renders, steps and quadrants can run now, grouped into rectangles.
+"""Wave scheduling (pure): which renders, steps and quadrants can run now, and the key order that makes runs few.
 
 Dagster cannot express "a step waits for its neighbours" for static or multi partitions, and its backfills launch
 dependants before their context exists (docs/ARCHITECTURE.md), so the project orders generation itself: a step is *ready*
-when its renders and every step it uses as context are materialized and it is neither done nor in flight. Ready keys
-are packed into rectangles because a multi-partition key range is a rectangle: one run per rectangle, few runs per
-wave.
+when its renders and every step it uses as context are materialized and it is neither done nor in flight.
+
+Partition keys are listed along a Hilbert curve over the lattice cells (``LatticeOrder``), so a key *range* is a
+compact region of the map and a whole wave of ready keys is one or two ranges: one run each (``KeyOrder.spans``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from isonyc_dagster.generate.plan import LatticePlan, StepKind, kind_at
-from isonyc_dagster.geo.boxes import QuadRect
 
 Key2 = tuple[int, int]
 
 
-def rectangles(keys: Iterable[Key2], max_area: int = 64) -> list[QuadRect]:
-    """Cover ``keys`` exactly with disjoint rectangles of at most ``max_area`` keys (greedy, row-major)."""
-    if max_area < 1:
-        raise ValueError("max_area must be ≥ 1")
-    remaining = set(keys)
-    out: list[QuadRect] = []
-    for a, b in sorted(remaining, key=lambda k: (k[1], k[0])):
-        if (a, b) not in remaining:
-            continue
-        a1 = a
-        while (a1 + 1, b) in remaining and (a1 + 2 - a) <= max_area:
-            a1 += 1
-        width = a1 - a + 1
-        b1 = b
-        while (b1 + 2 - b) * width <= max_area and all((i, b1 + 1) in remaining for i in range(a, a1 + 1)):
-            b1 += 1
-        for j in range(b, b1 + 1):
-            for i in range(a, a1 + 1):
-                remaining.discard((i, j))
-        out.append(QuadRect(a, b, a1, b1))
-    return out
+def hilbert_index(side: int, x: int, y: int) -> int:
+    """Position of (x, y) on the Hilbert curve filling a ``side`` × ``side`` square (``side`` a power of two).
+
+    Written here (a dozen lines, Wikipedia's ``xy2d``) rather than taken from a package: it is the only curve we
+    need, and consecutive positions are always neighbours, which keeps every key range compact."""
+    d, s = 0, side // 2
+    while s > 0:
+        rx, ry = int(x & s > 0), int(y & s > 0)
+        d += s * s * ((3 * rx) ^ ry)
+        if ry == 0:
+            if rx == 1:
+                x, y = side - 1 - x, side - 1 - y
+            x, y = y, x
+        s //= 2
+    return d
 
 
-def rect_keys(rect: QuadRect | tuple[int, int, int, int]) -> set[Key2]:
-    return set(QuadRect(*rect).keys())
+class KeyOrder:
+    """The partition keys of one asset in Dagster's order; a key range is the keys between two positions."""
+
+    def __init__(self, keys: Sequence[Key2]) -> None:
+        self.keys: list[Key2] = list(keys)
+        self.index: dict[Key2, int] = {k: i for i, k in enumerate(self.keys)}
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def between(self, first: Key2, last: Key2) -> list[Key2]:
+        """The keys of the range ``first``…``last`` (both included); empty when either is not a key."""
+        i, j = self.index.get(first), self.index.get(last)
+        if i is None or j is None:
+            return []
+        return self.keys[min(i, j) : max(i, j) + 1]
+
+    def spans(
+        self,
+        wanted: set[Key2],
+        *,
+        max_wanted: int,
+        passable: Callable[[Key2], bool] | None = None,
+        max_len: int | None = None,
+    ) -> list[tuple[Key2, Key2]]:
+        """Key ranges that hold every ``wanted`` key, at most ``max_wanted`` of them each, in order.
+
+        A range may pass over keys that are not wanted where ``passable`` allows it (done, or not ready yet: the run
+        skips them), never over others (in flight, cooling down), and holds at most ``max_len`` keys in all. Without
+        ``passable`` a range is a run of consecutive wanted keys."""
+        if max_wanted < 1:
+            raise ValueError("max_wanted must be ≥ 1")
+        max_len = max_len or 4 * max_wanted
+        out: list[tuple[Key2, Key2]] = []
+        start = last = -1
+        n = 0
+        for i, k in enumerate(self.keys):
+            if k in wanted:
+                if start >= 0 and (n >= max_wanted or i - start + 1 > max_len):
+                    out.append((self.keys[start], self.keys[last]))
+                    start = -1
+                if start < 0:
+                    start, n = i, 0
+                last, n = i, n + 1
+            elif start >= 0 and (passable is None or not passable(k)):
+                out.append((self.keys[start], self.keys[last]))
+                start = -1
+        if start >= 0:
+            out.append((self.keys[start], self.keys[last]))
+        return out
+
+
+class LatticeOrder:
+    """Key orders of the quadrant assets and of each step kind, all following one Hilbert curve over the lattice
+    cells: a range of quadrants and the range of steps over the same cells cover the same compact region."""
+
+    def __init__(self, plan: LatticePlan, quadrants: Iterable[Key2]) -> None:
+        qs = list(quadrants)
+        cells = [kind_at(x, y, plan.origin)[1] for x, y in qs] + [s.cell for s in plan.steps]
+        bxs = [c[0] for c in cells] or [0]
+        bys = [c[1] for c in cells] or [0]
+        self._b0 = (min(bxs), min(bys))
+        side = 1
+        while side < max(max(bxs) - self._b0[0], max(bys) - self._b0[1]) + 1:
+            side *= 2
+        self._side = side
+
+        rank = {c: self.cell_rank(c) for c in set(cells)}
+        # Within a cell, row-major: the quadrants of one lattice cell are always neighbours in the order.
+        self.quadrants = KeyOrder(
+            sorted(qs, key=lambda q: (rank[kind_at(q[0], q[1], plan.origin)[1]], q[1], q[0]))
+        )
+        self.steps: dict[StepKind, KeyOrder] = {
+            kind: KeyOrder(sorted((s.cell for s in plan.steps if s.kind is kind), key=rank.__getitem__))
+            for kind in StepKind
+        }
+
+    def cell_rank(self, cell: Key2) -> int:
+        """The cell's position on the curve."""
+        return hilbert_index(self._side, cell[0] - self._b0[0], cell[1] - self._b0[1])
 
 
 @dataclass
@@ -89,7 +161,7 @@ def ready(plan: LatticePlan, quadrants: Iterable[Key2], done: Progress, busy: Pr
         if all(dep.cell in done.steps[dep.kind] for dep in plan.dependencies(step)):
             req.steps[step.kind].add(cell)
     # Publish a quadrant once every step of its lattice cell is done: the finished cells then form large
-    # rectangles (one run), where publishing step by step would cut the lattice pattern into many small runs.
+    # ranges (one run), where publishing step by step would cut the lattice pattern into many small runs.
     cell_done: dict[Key2, bool] = {}
     for q in qs - done.generation - busy.generation:
         cell = kind_at(q[0], q[1], plan.origin)[1]

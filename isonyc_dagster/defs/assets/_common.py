@@ -21,15 +21,11 @@ from PIL import Image
 from isonyc_dagster.defs.partitions import parse_key2
 from isonyc_dagster.defs.runs import raise_if_stopping
 
-#: Runs with at most this many partitions get an inline thumbnail per partition; larger runs link the full tile
-#: only, which keeps the event log small at city scale.
+#: Runs with at most this many partitions, of an asset with at most ``THUMBNAIL_ASSETS_UP_TO`` partitions (a small
+#: map), get an inline thumbnail per partition; the others link the full tile only, which keeps the instance small
+#: at city scale (a step's two thumbnails are ~3.6 kB of its ~9 kB materialization event).
 THUMBNAILS_UP_TO = 64
-
-
-def partition_pairs(context: dg.AssetExecutionContext) -> list[tuple[int, int]]:
-    """The (x, y) / (bx, by) pairs of every partition of this run (single partition or a range)."""
-    # context.partition_key raises in range runs: always go through partition_keys.
-    return [parse_key2(k) for k in context.partition_keys]
+THUMBNAIL_ASSETS_UP_TO = 1024
 
 
 def key2s(pairs: Iterable[tuple[int, int]]) -> dg.MetadataValue:
@@ -143,24 +139,45 @@ def observe(context: dg.AssetExecutionContext, partition: str, metadata: dict) -
     )
 
 
+#: Run tag (set by the wave scheduler on its range runs): ``missing`` = do only the partitions of the range that are
+#: not materialized yet and whose inputs are ready; skip the others (see ``PartitionRun``).
+FILL_TAG = "isonyc/fill"
+
+
 class PartitionRun:
     """The partitions of one run (one key or a key range), and what the asset reports about each.
 
     ``outputs`` gives every partition its own data version (its content hash) and metadata, also in range runs:
     identical output never marks a dependant stale, and a changed partition marks exactly its own dependants.
+
+    A *fill* run (``FILL_TAG``) iterates only the partitions of its range that are not materialized yet, and the
+    asset reports the ones whose inputs are not there yet with ``wait`` instead of failing: the scheduler's range
+    covers a whole wave of ready keys and passes over the keys between them. If nothing at all was ready, the run
+    fails with the reasons, so a key the scheduler thinks ready but the store cannot serve still cools down and is
+    given up, never requested forever.
     """
 
     def __init__(self, context: dg.AssetExecutionContext) -> None:
         self.context = context
-        self.keys: list[str] = list(context.partition_keys)
-        self.pairs = partition_pairs(context)
+        keys = list(context.partition_keys)
+        #: A range run: partitions report their own materializations (``emit``/``outputs``).
+        self.is_range = len(keys) > 1
+        self.fill = self.is_range and context.run.tags.get(FILL_TAG) == "missing"
+        self.already_done = 0
+        if self.fill:
+            done = context.instance.get_materialized_partitions(context.asset_key)
+            self.already_done = sum(1 for k in keys if k in done)
+            keys = [k for k in keys if k not in done]
+        self.keys: list[str] = keys
+        self.pairs = [parse_key2(k) for k in keys]
         self.shas: dict[str, str] = {}
         self.meta: dict[str, dict[str, Any]] = {}
+        self.waiting: dict[str, str] = {}
         self._emitted: set[str] = set()
         # Dagster reads its inputs' versions before the step runs; so do we (a concurrent upstream run after this
         # point must still make this asset stale).
         single = len(context.assets_def.keys) == 1  # a multi-asset step has no one asset_key to describe
-        self._provenance = _input_provenance(context) if len(self.keys) > 1 and single else {}
+        self._provenance = _input_provenance(context) if self.is_range and single else {}
 
     def __iter__(self) -> Iterator[tuple[str, tuple[int, int]]]:
         return iter(zip(self.keys, self.pairs, strict=True))
@@ -171,11 +188,36 @@ class PartitionRun:
     @property
     def thumbnails(self) -> bool:
         """Whether per-partition inline previews are worth their event-log size."""
-        return len(self.keys) <= THUMBNAILS_UP_TO
+        if len(self.keys) > THUMBNAILS_UP_TO:
+            return False
+        partitions = self.context.assets_def.partitions_def
+        return partitions is None or len(partitions.get_partition_keys()) <= THUMBNAIL_ASSETS_UP_TO
 
     def skip(self, key: str, metadata: dict[str, Any]) -> None:
         """A partition with nothing to do (outside the bounds, an empty lattice cell)."""
         observe(self.context, key, metadata)
+
+    def wait(self, key: str, reason: str) -> None:
+        """Fill runs: a partition whose inputs are not there yet; left for a later run (see the class)."""
+        self.waiting[key] = reason
+
+    def fill_summary(self) -> str:
+        """One line for the run's log: what the fill run did and skipped."""
+        return (
+            f"{len(self.shas)} partition(s) done, {self.already_done} already materialized, "
+            f"{len(self.waiting)} waiting for their inputs"
+        )
+
+    def _check_fill(self) -> None:
+        self.context.log.info(self.fill_summary())
+        if not self.shas and self.waiting:
+            reasons = list(self.waiting.items())
+            raise dg.Failure(
+                description="nothing in this range was ready: "
+                + "; ".join(f"{k}: {r}" for k, r in reasons[:10]),
+                metadata={"waiting": dg.MetadataValue.json(dict(reasons[:200]))},
+                allow_retries=False,
+            )
 
     def record(self, key: str, sha256: str, metadata: dict[str, Any]) -> None:
         """A partition done: its output hash (its data version) and its own metadata."""
@@ -187,7 +229,7 @@ class PartitionRun:
         """The run's materialization with one data version for the whole run step (range runs log each partition's
         metadata as an observation). Prefer ``outputs``, which gives each partition its own data version."""
         meta = dict(metadata)
-        if len(self.keys) == 1:
+        if not self.is_range:
             meta.update(next(iter(self.meta.values()), {}))
         else:
             for key, m in self.meta.items():
@@ -200,7 +242,7 @@ class PartitionRun:
         """Range runs: partition ``key``'s own materialization now, as soon as it is done, so the scheduler can start
         its dependants while the rest of the run still works (an asset with ``output_required=False`` that ends with
         ``outputs(streamed=True)``). Single-partition runs: nothing (their one materialization ends the run)."""
-        if len(self.keys) > 1 and key not in self._emitted:
+        if self.is_range and key not in self._emitted:
             self._emitted.add(key)
             yield self._partition_materialization(key)
 
@@ -228,12 +270,16 @@ class PartitionRun:
         ``streamed`` (range runs of an asset with ``output_required=False``): no materialization of the whole range
         (it would cover partitions that were not done, with a combined data version), only the partitions not yet
         ``emit``-ted."""
-        if streamed and len(self.keys) > 1:
+        if self.fill:
+            self._check_fill()
+        if streamed and self.is_range:
+            self.context.log.info(", ".join(f"{k}: {v}" for k, v in metadata.items()))
             for key in self.shas:
                 yield from self.emit(key)
+            yield from check_results
             return
         meta = dict(metadata)
-        if len(self.keys) == 1:
+        if not self.is_range:
             meta.update(next(iter(self.meta.values()), {}))
             version = next(iter(self.shas.values()), None)
             yield dg.MaterializeResult(

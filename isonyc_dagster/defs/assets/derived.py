@@ -238,25 +238,26 @@ def build_derived_defs(
     return assets, jobs
 
 
-#: Quadrants per derived-layer run (a range run over a rectangle; the transforms take ~0.1 s per quadrant).
+#: Quadrants per derived-layer run (a key range; the transforms take ~0.1 s per quadrant).
 DERIVED_PER_RUN = 128
 
 
 def materialize_derived(
     defs: dg.Definitions, project: Any, instance: dg.DagsterInstance, names: list[str]
 ) -> list[tuple[str, bool]]:
-    """Materialize every in-bounds quadrant of each derived layer (rectangles of range runs), then their pyramids.
+    """Materialize every quadrant of each derived layer (range runs along the key order), then their pyramids.
 
     The demo runs this once the base map is complete; each run lands in ``instance`` like the scheduler's runs.
     Returns (run label, success) per run.
     """
     from isonyc_dagster.defs.partitions import key2
-    from isonyc_dagster.generate.waves import rectangles
 
+    order = project.order.quadrants
     log: list[tuple[str, bool]] = []
     for n in names:
         job = defs.resolve_job_def(f"{layer_of(n)}_job")
-        for a0, b0, a1, b1 in rectangles(project.quadrants.keys, DERIVED_PER_RUN):
+        for first, last in order.spans(set(order.keys), max_wanted=DERIVED_PER_RUN):
+            (a0, b0), (a1, b1) = first, last
             tags = {
                 "dagster/asset_partition_range_start": key2(a0, b0),
                 "dagster/asset_partition_range_end": key2(a1, b1),

@@ -33,6 +33,7 @@ def build_generation_asset(
         compute_kind="qa",
         check_specs=GENERATION_CHECKS,
         backfill_policy=dg.BackfillPolicy.single_run(),
+        output_required=False,  # range runs: one materialization per partition (``PartitionRun.outputs``)
     )
     def generation(
         context: dg.AssetExecutionContext, project: ProjectResource
@@ -49,6 +50,9 @@ def build_generation_asset(
                 run.skip(key, {"outside_bounds": True})
                 continue
             version = store.active(layers.GENERATION, x, y)
+            if version is None and run.fill:
+                run.wait(key, "its step has not generated it yet")
+                continue
             if version is None:
                 missing.append(key2(x, y))
                 continue
@@ -94,6 +98,7 @@ def build_generation_asset(
             check_results=generation_check_results(
                 state, seam_threshold=seam_threshold, dagster_url=p.config.dagster_url, run_keys=run.keys
             ),
+            streamed=True,
         )
 
     return generation

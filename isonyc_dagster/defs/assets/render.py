@@ -20,6 +20,9 @@ def build_render_asset(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefi
         code_version=f"whitebox-palette{PALETTE_VERSION}-stable-ids",
         # Renders have no ordering constraints: a backfill may put many quadrants in one run.
         backfill_policy=dg.BackfillPolicy.single_run(),
+        # A range run logs each partition's materialization as soon as it is stored (``PartitionRun.emit``), and
+        # none for the whole range, which may hold partitions a fill run skips.
+        output_required=False,
     )
     def render(
         context: dg.AssetExecutionContext, project: ProjectResource
@@ -53,8 +56,10 @@ def build_render_asset(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefi
                     link=blob_link(p.config.console_url, version.sha256),
                 )
             run.record(key, version.sha256, meta)
+            yield from run.emit(key)
         yield from run.outputs(
-            {"quadrants_rendered": len(run.shas), "outside_bounds": skipped, "buildings_drawn": drawn_total}
+            {"quadrants_rendered": len(run.shas), "outside_bounds": skipped, "buildings_drawn": drawn_total},
+            streamed=True,
         )
 
     return render

@@ -27,10 +27,10 @@ def restyle_asset(name: str, kind: StepKind) -> str:
 
 
 def build_restyle_assets(
-    name: str, prompt: str, partitions_def: dg.PartitionsDefinition, maps: LatticeMappings
+    name: str, prompt: str, maps: LatticeMappings
 ) -> tuple[list[dg.AssetsDefinition], list[Any]]:
     """The four step assets of restyle ``name`` (store layer ``restyle_<name>``) and a job per asset."""
-    assets = [_step_asset(name, prompt, kind, partitions_def, maps) for kind in StepKind]
+    assets = [_step_asset(name, prompt, kind, maps) for kind in StepKind]
     jobs = [
         dg.define_asset_job(f"{restyle_asset(name, k)}_job", selection=[restyle_asset(name, k)])
         for k in StepKind
@@ -38,17 +38,17 @@ def build_restyle_assets(
     return assets, jobs
 
 
-def _step_asset(
-    name: str, prompt: str, kind: StepKind, partitions_def: dg.PartitionsDefinition, maps: LatticeMappings
-) -> dg.AssetsDefinition:
+def _step_asset(name: str, prompt: str, kind: StepKind, maps: LatticeMappings) -> dg.AssetsDefinition:
     layer = f"{layers.RESTYLE_PREFIX}{name}"
     deps = [dg.AssetDep(layers.GENERATION, partition_mapping=maps.quadrant_to_step(kind))]
-    for up_kind, dx, dy in LatticeMappings.CONTEXT[kind]:
-        deps.append(dg.AssetDep(restyle_asset(name, up_kind), partition_mapping=maps.step_to_step(dx, dy)))
+    for up_kind in LatticeMappings.CONTEXT[kind]:
+        deps.append(
+            dg.AssetDep(restyle_asset(name, up_kind), partition_mapping=maps.step_to_step(up_kind, kind))
+        )
 
     @dg.asset(
         name=restyle_asset(name, kind),
-        partitions_def=partitions_def,
+        partitions_def=maps.cells[kind],
         deps=deps,
         group_name="layers",
         compute_kind="generation",

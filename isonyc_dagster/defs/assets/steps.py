@@ -6,7 +6,7 @@ step used and what goes stale on regeneration.
 """
 
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +22,7 @@ from isonyc_dagster.generate.references import ReferenceMissing, ReferenceSelect
 from isonyc_dagster.generate.repair import kept_sha, manual_quadrants
 from isonyc_dagster.generate.rules import BackendPool, ModelInputs, step_settings
 from isonyc_dagster.generate.step import StepInputs, StepResult, StepSettings, run_step, step_seed
-from isonyc_dagster.generate.template import ContextMissing, OutputRejected, RenderMissing, Template
+from isonyc_dagster.generate.template import ContextMissing, OutputRejected, RenderMissing
 from isonyc_dagster.project import Project
 
 #: Run tag that lets a step run overwrite versions a person made (``"true"``); without it they are kept.
@@ -65,7 +65,7 @@ def build_step_asset(
         try:
             resolved = _resolve_inputs(p, planned, pool, selector)
             calls: list[_StepCall] = []
-            for (key, step, template), (backend, mi) in zip(planned, resolved, strict=True):
+            for (key, step), (backend, mi) in zip(planned, resolved, strict=True):
                 seed = step_seed(p.config.map.name, step, generator.seed_offset)
                 settings = step_settings(
                     mi,
@@ -78,7 +78,7 @@ def build_step_asset(
                     refs = selector.select(step, backend)
                 except (BackendError, OutputRejected) as e:
                     raise dg.Failure(description=f"step {step.key}: {e}", allow_retries=True) from e
-                calls.append(_StepCall(key, step, template, backend, settings, seed, refs))
+                calls.append(_StepCall(key, step, backend, settings, seed, refs))
 
             def call(c: _StepCall) -> StepResult:
                 try:
@@ -87,7 +87,7 @@ def build_step_asset(
                         c.backend,
                         c.step,
                         inputs,
-                        c.template,
+                        inputs.template(c.step),  # built here, not kept for the whole run (~3.5 MB each)
                         c.settings,
                         seed=c.seed,
                         style_refs=c.refs,
@@ -120,7 +120,6 @@ def build_step_asset(
 class _StepCall:
     key: str
     step: Step
-    template: Template
     backend: ImageBackend
     settings: StepSettings
     seed: int
@@ -133,25 +132,38 @@ def _in_flight(
     """``call`` on every step, as many at once as their backends take (``max_in_flight``: N endpoints × their
     concurrency keeps every GPU fed; 1, sequential, for a local backend); yields each as it finishes. After a
     failure the calls already in flight finish and are yielded (their GPU work is kept), none starts, and it raises.
-    """
+
+    Calls are submitted at most ``2 × width`` ahead and dropped once yielded, so a 256-step run holds a few steps'
+    templates and results in memory, not all of them (a whole run's once took lower Manhattan's RSS to 1.6 GB)."""
     width = min(len(calls), sum({id(c.backend): c.backend.max_in_flight for c in calls}.values())) or 1
+    todo = iter(calls)
+    pending: dict[Future[StepResult], _StepCall] = {}
+    failure: BaseException | None = None
     with ThreadPoolExecutor(width, thread_name_prefix="step") as ex:
-        futures = {ex.submit(call, c): c for c in calls}
-        failure: BaseException | None = None
+
+        def refill() -> None:
+            while failure is None and len(pending) < 2 * width and (c := next(todo, None)) is not None:
+                pending[ex.submit(call, c)] = c
+
+        refill()
         try:
-            for f in as_completed(futures):
-                if f.cancelled():
-                    continue
-                if (e := f.exception()) is not None:
-                    if failure is None:
-                        failure = e
-                        for other in futures:
-                            other.cancel()
-                    continue
-                yield futures[f], f.result()
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for f in done:
+                    c = pending.pop(f)
+                    if f.cancelled():
+                        continue
+                    if (e := f.exception()) is not None:
+                        if failure is None:
+                            failure = e
+                            for other in pending:
+                                other.cancel()
+                        continue
+                    yield c, f.result()
+                refill()
         finally:
             # A consumer that stops early (a stop request, an error) must not leave the queued calls to run on.
-            for other in futures:
+            for other in pending:
                 other.cancel()
     if failure is not None:
         raise failure
@@ -163,12 +175,12 @@ def _profile_settings(p: Project, backend: str) -> dict[str, Any]:
 
 
 def _resolve_inputs(
-    p: Project, planned: list[tuple[str, Step, Template]], pool: BackendPool, selector: ReferenceSelector
+    p: Project, planned: list[tuple[str, Step]], pool: BackendPool, selector: ReferenceSelector
 ) -> list[tuple[ImageBackend, ModelInputs]]:
     """Each planned step's backend and inputs; a backend that needs a style reference and can get none fails the
     run here, before any model call (retrying cannot help: the user must add a reference or anchors)."""
     out: list[tuple[ImageBackend, ModelInputs]] = []
-    for _key, step, _template in planned:
+    for _key, step in planned:
         mi = p.step_rules.resolve(step)
         backend = pool.get(mi.backend, mi.model)
         try:
@@ -179,11 +191,10 @@ def _resolve_inputs(
     return out
 
 
-def _plan_run(
-    run: PartitionRun, p: Project, kind: StepKind, inputs: StepInputs
-) -> list[tuple[str, Step, Template]]:
-    """Every step of the run with its template; fails fast, before any model call, if one lacks its inputs."""
-    planned: list[tuple[str, Step, Template]] = []
+def _plan_run(run: PartitionRun, p: Project, kind: StepKind, inputs: StepInputs) -> list[tuple[str, Step]]:
+    """Every step of the run whose template can be built (then dropped: each call builds its own); fails fast,
+    before any model call, if one lacks its inputs (a fill run skips it instead)."""
+    planned: list[tuple[str, Step]] = []
     missing: list[str] = []
     first: set[str] = set()
     for key, cell in run:
@@ -197,8 +208,12 @@ def _plan_run(
             run.record(key, kept_sha(p.store, step), {"step": step.ref, "kept_person_made": key2s(manual)})
             continue
         try:
-            planned.append((key, step, inputs.template(step)))
+            inputs.template(step)
+            planned.append((key, step))
         except (ContextMissing, RenderMissing) as e:
+            if run.fill:  # the scheduler's range passes over steps whose context comes later
+                run.wait(key, str(e))
+                continue
             missing.append(str(e))
             first.update(_run_first(p, e))
     if missing:

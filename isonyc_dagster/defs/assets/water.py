@@ -19,6 +19,7 @@ def build_water_asset(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefin
         compute_kind="numpy",
         code_version=f"edt-falloff{FALLOFF_PX:g}",
         backfill_policy=dg.BackfillPolicy.single_run(),
+        output_required=False,  # range runs: one materialization per partition (``PartitionRun.emit``)
     )
     def water_mask_asset(
         context: dg.AssetExecutionContext, project: ProjectResource
@@ -31,6 +32,9 @@ def build_water_asset(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefin
         for key, (x, y) in run:
             if (x, y) not in p.quadrants:
                 run.skip(key, {"outside_bounds": True})
+                continue
+            if run.fill and p.store.active(layers.RENDER, x, y) is None:
+                run.wait(key, "not rendered yet")
                 continue
             out = store_water_mask(p.store, inputs.render_aux, x, y, quadrant_px=p.geometry.q)
             counts[out.kind.name] += 1
@@ -48,6 +52,7 @@ def build_water_asset(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefin
                     link=blob_link(p.config.console_url, out.version.sha256),
                 )
             run.record(key, out.version.sha256, meta)
-        yield from run.outputs({k.lower(): v for k, v in counts.items()})
+            yield from run.emit(key)
+        yield from run.outputs({k.lower(): v for k, v in counts.items()}, streamed=True)
 
     return water_mask_asset

@@ -76,7 +76,7 @@ def test_the_map_is_refreshed_every_map_refresh_s_during_a_long_fill(tmp_path: P
         assert _map_refresh_due(instance, now=exported.timestamp() + MAP_REFRESH_S + 0.5)
 
 
-def test_step_runs_name_their_backend_for_the_queue_limits(tmp_path: Path) -> None:
+def test_water_masks_go_first_and_step_runs_name_their_backend(tmp_path: Path) -> None:
     cfg = project_config(tmp_path, 0, 0, 1, 1)
     defs, project = build_definitions(cfg), Project(cfg)
     (tmp_path / "home").mkdir()
@@ -85,6 +85,9 @@ def test_step_runs_name_their_backend_for_the_queue_limits(tmp_path: Path) -> No
         tags = full_range_tags(project.order.quadrants)
         assert defs.resolve_job_def("render_job").execute_in_process(instance=instance, tags=tags).success
         requests = plan_waves(project, instance).requests
+    # Water masks go first: a driver executing one run at a time plans again after each step run, and what was
+    # queued behind the steps waited until none was ready (the Manhattan preset had 0 masks after 46 min).
+    assert [(r.tags or {})[ASSET_TAG] for r in requests] == ["water_mask", "blocks"]
     by_asset = {(r.tags or {})[ASSET_TAG]: r.tags or {} for r in requests}
     assert by_asset["blocks"][BACKEND_TAG] == cfg.backend == "pixelart"
     assert BACKEND_TAG not in by_asset["water_mask"]  # no model call, no backend limit

@@ -291,9 +291,19 @@ def plan_waves(
     req = ready(project.plan, project.quadrants.keys, done, avoid)
     _batch_modelless(req, busy)
     extra, followers_done = _follower_requests(project, done, avoid, req.steps)
-    out: list[dg.RunRequest] = []
-    # Deepest waves first, so areas finish (and their context is used) before new areas start; water masks before
-    # the next renders, so they keep pace with them.
+    # Water masks first: they are cheap and the map needs them, and a driver that executes one run at a time plans
+    # again after each step run, so anything queued behind steps waits until no step is ready (they starved).
+    out: list[dg.RunRequest] = list(
+        _requests(
+            layers.WATER_MASK,
+            req.water_mask,
+            orders[layers.WATER_MASK],
+            MAX_PER_RUN[layers.WATER_MASK],
+            "water",
+            avoid=avoid.water_mask,
+        )
+    )
+    # Then the deepest waves, so areas finish (and their context is used) before new areas start.
     for kind in (StepKind.CORNER, StepKind.BRIDGE_V, StepKind.BRIDGE_H, StepKind.BLOCK):
         name = STEP_ASSETS[kind]
         out += _requests(
@@ -305,11 +315,7 @@ def plan_waves(
             avoid=avoid.steps[kind],
             tags=backend_tags(project, name),
         )
-    for asset, wave in (
-        (layers.GENERATION, "publish"),
-        (layers.WATER_MASK, "water"),
-        (layers.RENDER, "render"),
-    ):
+    for asset, wave in ((layers.GENERATION, "publish"), (layers.RENDER, "render")):
         keys, order = getattr(req, asset), orders[asset]
         out += _requests(asset, keys, order, MAX_PER_RUN[asset], wave, avoid=getattr(avoid, asset))
     # The photoreal layer goes right after the renders (steps wait for it); derived layers follow generation.
@@ -361,7 +367,7 @@ def plan_waves(
             f"{r.dagster_run.tags.get(ASSET_TAG)} run {r.dagster_run.run_id[:8]}" for r in running[:5]
         )
     if not all_done and done.generation and "export" not in running_assets and _map_refresh_due(instance):
-        out.append(_request("export"))  # last: it only takes a slot the generation does not need
+        out.insert(0, _request("export"))  # first, for the same reason as the water masks
         summary += "; refreshing the map while the generation goes on"
     if len(out) > max(slots, 0):
         summary += f"; {len(out) - max(slots, 0)} more run(s) wait for a free slot"

@@ -178,20 +178,18 @@ class PartitionRun:
         # point must still make this asset stale).
         single = len(context.assets_def.keys) == 1  # a multi-asset step has no one asset_key to describe
         self._provenance = _input_provenance(context) if self.is_range and single else {}
+        partitions = context.assets_def.partitions_def
+        #: Whether per-partition inline previews are worth their event-log size (decided once: the asset's key list
+        #: is 26,677 long for NYC, and the bodies ask for every partition).
+        self.thumbnails = len(keys) <= THUMBNAILS_UP_TO and (
+            partitions is None or len(partitions.get_partition_keys()) <= THUMBNAIL_ASSETS_UP_TO
+        )
 
     def __iter__(self) -> Iterator[tuple[str, tuple[int, int]]]:
         return iter(zip(self.keys, self.pairs, strict=True))
 
     def __len__(self) -> int:
         return len(self.keys)
-
-    @property
-    def thumbnails(self) -> bool:
-        """Whether per-partition inline previews are worth their event-log size."""
-        if len(self.keys) > THUMBNAILS_UP_TO:
-            return False
-        partitions = self.context.assets_def.partitions_def
-        return partitions is None or len(partitions.get_partition_keys()) <= THUMBNAIL_ASSETS_UP_TO
 
     def skip(self, key: str, metadata: dict[str, Any]) -> None:
         """A partition with nothing to do (outside the bounds, an empty lattice cell)."""

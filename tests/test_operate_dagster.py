@@ -142,7 +142,7 @@ def test_range_runs_give_each_partition_its_content_hash_and_staleness_follows_t
         )
         ui = "http://127.0.0.1:3000/assets"
         assert md["preview"].value.startswith("![generation 2|1](data:image/png;base64,")
-        assert md["producing_step"].value == "bridges_v[0|0]"
+        assert md["step"].value == "bridges_v[0|0]" and "producing_step" not in md  # it was there twice
         assert md["producing_step_link"].value == f"{ui}/bridges_v?view=partitions&partition=0%7C0"
         assert md["context_steps"].value == f"- [blocks[0|0]]({ui}/blocks?view=partitions&partition=0%7C0)"
         assert md["render_link"].value == f"{ui}/render?view=partitions&partition=2%7C1"

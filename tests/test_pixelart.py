@@ -41,8 +41,8 @@ CITICORP = (40.7585, -73.9702)
 
 def decode(data: bytes) -> np.ndarray:
     with Image.open(io.BytesIO(data)) as im:
-        assert im.format == "PNG"
-        return np.asarray(im)
+        assert im.format == "PNG" and im.mode in ("RGB", "P")  # lossless either way: P for ≤ 256 colours
+        return np.asarray(im.convert("RGB"))
 
 
 def aux_of(res: RenderResult) -> dict[str, np.ndarray]:

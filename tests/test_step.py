@@ -80,16 +80,11 @@ def test_a_step_run_holds_only_the_calls_in_flight_and_keeps_their_failure_seman
     import weakref
     from dataclasses import dataclass
 
-    from isonyc_dagster.defs.assets.steps import _in_flight
-
-    @dataclass(frozen=True)
-    class Backend:
-        max_in_flight: int = 2
+    from isonyc_dagster.workers import in_flight
 
     @dataclass(frozen=True)
     class Call:
         n: int
-        backend: Backend
 
     class Result:
         def __init__(self, n: int) -> None:
@@ -108,10 +103,9 @@ def test_a_step_run_holds_only_the_calls_in_flight_and_keeps_their_failure_seman
         alive.add(r)
         return r
 
-    backend = Backend()
     seen, peak = [], 0
     with pytest.raises(RuntimeError, match="endpoint gone"):
-        for c, r in _in_flight(call, [Call(i, backend) for i in range(50)]):  # type: ignore[arg-type]
+        for c, r in in_flight(call, [Call(i) for i in range(50)], 2):
             seen.append(c.n)
             del c, r
             gc.collect()
@@ -119,3 +113,16 @@ def test_a_step_run_holds_only_the_calls_in_flight_and_keeps_their_failure_seman
     assert peak <= 2 * 2 + 1  # the window, not the run
     assert max(started) <= 30 + 2 * 2 and len(started) < 50  # nothing started after the failure's window
     assert sorted(seen) == sorted(n for n in started if n != 30)  # every call that ran was yielded
+
+
+def test_workers_come_from_the_environment_or_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    from isonyc_dagster.workers import WORKERS_ENV, WorkersError, local_workers
+
+    monkeypatch.delenv(WORKERS_ENV, raising=False)
+    assert 1 <= local_workers() <= 8
+    monkeypatch.setenv(WORKERS_ENV, "3")
+    assert local_workers() == 3
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv(WORKERS_ENV, bad)
+        with pytest.raises(WorkersError, match=f"{WORKERS_ENV}=.* is not a whole number"):
+            local_workers()

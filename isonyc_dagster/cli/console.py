@@ -281,7 +281,7 @@ class Console:
         p = self.project
         cache = QACache(Path(p.config.cache_dir) / "qa.sqlite")
         try:
-            state = assess_map(p.store, p.step_inputs(), p.plan, p.quadrants, cache)
+            state = assess_map(p.store, p.step_inputs(), p.plan, p.quadrants, cache, p.order.quadrants.keys)
         finally:
             cache.close()
         return {q: qa.failures(QA_THRESHOLD) for q, qa in state.quadrants.items()}

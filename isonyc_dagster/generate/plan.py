@@ -308,6 +308,13 @@ class LatticePlan:
     def get(self, kind: StepKind | str, cell: Quadrant) -> Step | None:
         return self._by_cell.get((_kind(kind), (cell[0], cell[1])))
 
+    def step_at(self, kind: StepKind | str, cell: Quadrant) -> Step:
+        """The step of ``kind`` at ``cell``, which must have one (a partition key of the kind's step asset)."""
+        step = self.get(kind, cell)
+        if step is None:
+            raise KeyError(f"the lattice has no {_kind(kind).value} step at cell {cell}")
+        return step
+
     def cells(self, kind: StepKind | str) -> list[Quadrant]:
         """Lattice cells that have a step of this kind, sorted row-major (for Dagster partitions)."""
         kind = _kind(kind)

@@ -25,7 +25,13 @@ from isonyc_dagster.generate.plan import Quadrant, Step
 from isonyc_dagster.generate.preprocess import preprocess_provenance, preprocess_template
 from isonyc_dagster.generate.references import StyleRefs
 from isonyc_dagster.generate.seams import Edge, EdgeKey, continuity_mask
-from isonyc_dagster.generate.template import Template, build_template, extract_quadrants
+from isonyc_dagster.generate.template import (
+    ContextMissing,
+    RenderMissing,
+    Template,
+    build_template,
+    extract_quadrants,
+)
 from isonyc_dagster.geo.model_inputs import PostprocessConfig, PreprocessConfig
 from isonyc_dagster.images import decode_rgb, png_bytes
 from isonyc_dagster.render import RenderResult
@@ -52,9 +58,11 @@ RenderFn = Callable[[int, int], Rendered]
 
 
 #: Quadrants whose decoded buffers and pixels a run keeps (each; ~2.3 MB of buffers, 0.8 MB of pixels per quadrant).
-#: A run's keys are a compact region walked along a Hilbert curve, so the most recent 32 hold every neighbour a step
-#: or a seam check still needs, and the caches of a 1,000-quadrant run stay near 100 MB instead of 3 GB.
-CACHE_QUADRANTS = 32
+#: A run's keys are a compact region walked along a Hilbert curve, so the most recent 16 hold the neighbours a step or
+#: a seam check still needs (a step's window is ≤ 4 quadrants, two steps run at once on two cores), and the caches of
+#: a 1,000-quadrant run stay near 50 MB instead of 3 GB. 32 held 56 MB more at the blocks run's peak for no speed:
+#: a buffer is decoded again in ~10 ms.
+CACHE_QUADRANTS = 16
 
 _V = TypeVar("_V")
 
@@ -196,6 +204,33 @@ class StepInputs:
                     if mask is not None:
                         masks[(first, second)] = mask
         return masks
+
+    def check_ready(self, step: Step) -> None:
+        """Raise what ``template`` would raise for missing inputs (``RenderMissing`` first, then
+        ``ContextMissing``), from the store's index alone: a run checks every step before its first model call,
+        and building each template twice (pixels and buffers decoded, PNG encoded) cost a step run a third of its
+        time."""
+        context = set(step.context)
+        no_render: list[Quadrant] = []
+        missing: list[Quadrant] = []
+        for qd in step.window_quadrants():
+            if qd in context:
+                if self.store.active(layers.GENERATION, *qd) is None:
+                    missing.append(qd)
+            elif qd in step.quadrants and not self._render_available(*qd):
+                no_render.append(qd)
+        if no_render:
+            raise RenderMissing(step.key, no_render)
+        if missing:
+            raise ContextMissing(step.key, missing)
+
+    def _render_available(self, x: int, y: int) -> bool:
+        """Whether ``render_rgb(x, y)`` gives pixels (stored, or drawn on the fly where that is allowed)."""
+        if self.store.active(self.rgb_layer, x, y) is not None:
+            return True
+        if self.rgb_layer != layers.RENDER:
+            return (x, y) not in self.stored and self._render_rgb_fn is not None
+        return (x, y) not in self.stored
 
     def template(self, step: Step) -> Template:
         return build_template(

@@ -341,12 +341,14 @@ def _decode(data: bytes, size: int, what: str) -> np.ndarray:
             "size",
             f"{what} is {img.size[0]}×{img.size[1]} px, expected exactly {size}×{size} (never resized)",
         )
-    if img.mode not in ("RGB", "RGBA"):
-        raise OutputRejected("mode", f"{what} has mode {img.mode}, expected RGB or RGBA")
+    if img.mode not in ("RGB", "RGBA", "P"):
+        raise OutputRejected("mode", f"{what} has mode {img.mode}, expected RGB, RGBA or a palette")
     try:
         img.load()
     except Exception as e:  # noqa: BLE001 - any decoder failure after a valid header (truncated, bad zlib, CRC)
         raise OutputRejected("decode", f"{what} is corrupt: {type(e).__name__}: {e}") from None
+    if img.mode == "P":  # lossless as well (the offline backend writes one): its colours, alpha if it has any
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     return np.asarray(img)
 
 

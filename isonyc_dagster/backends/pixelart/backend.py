@@ -48,6 +48,7 @@ from isonyc_dagster.geo.config import MapConfig
 from isonyc_dagster.geo.geometry import MapGeometry
 from isonyc_dagster.geo.surfaces import BORDER_RGB, PALETTE, Surface
 from isonyc_dagster.images import png_bytes
+from isonyc_dagster.workers import local_workers
 
 #: Bump when the look changes (palette, rules): it is part of ``model_id`` and of provenance.
 STYLE_VERSION = 1
@@ -89,10 +90,18 @@ class PixelArtBackend(ImageBackend):
         self.model_id = f"pixelart-v{STYLE_VERSION}"
 
     # --- public API -------------------------------------------------------------------------------
+    @property
+    def max_in_flight(self) -> int:
+        """The run's CPU threads: generation is a pure function of the request, and its numpy, numba and PNG work
+        releases the GIL."""
+        return local_workers()
+
     def generate(self, request: GenerationRequest) -> GenerationResult:
         t0 = time.perf_counter()
         out, info = self.generate_array(request)
-        image_png = png_bytes(out, compress_level=self.png_compress_level)
+        # A palette PNG (≤ 256 colours, as pixel art has): the same pixels as RGB in ~55 % of the bytes, and the
+        # step keeps this blob as the model's output.
+        image_png = png_bytes(out, compress_level=self.png_compress_level, palette=True)
         provenance: dict[str, Any] = {
             "backend": self.name,
             "model_id": self.model_id,

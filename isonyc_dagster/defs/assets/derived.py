@@ -84,13 +84,10 @@ def build_derived_asset(name: str, partitions_def: dg.PartitionsDefinition) -> d
     ) -> Iterator[dg.MaterializeResult | dg.AssetMaterialization]:
         p = project.get()
         inputs = p.step_inputs()
-        run = PartitionRun(context)
+        run = PartitionRun(context, map_quadrants=len(p.quadrants))
         failing: dict[str, dict[str, Any]] = {"seams": {}, "not_blank": {}}
         reused, worst = 0, 0.0
         for key, (x, y) in run:
-            if (x, y) not in p.quadrants:
-                run.skip(key, {"outside_bounds": True})
-                continue
             try:
                 tile = derive_quadrant(p.store, name, x, y, inputs.render_aux)
             except DeriveError as e:

@@ -42,13 +42,10 @@ def build_generation_asset(
         p = project.get()
         store = p.store
         inputs = p.step_inputs()
-        run = PartitionRun(context)
+        run = PartitionRun(context, map_quadrants=len(p.quadrants))
         todo: list[tuple[str, int, int, TileVersion]] = []
         missing: list[str] = []
         for key, (x, y) in run:
-            if (x, y) not in p.quadrants:
-                run.skip(key, {"outside_bounds": True})
-                continue
             version = store.active(layers.GENERATION, x, y)
             if version is None and run.fill:
                 run.wait(key, "its step has not generated it yet")
@@ -66,7 +63,7 @@ def build_generation_asset(
             )
         cache = QACache(Path(p.config.cache_dir) / "qa.sqlite")
         try:
-            state = assess_map(store, inputs, p.plan, p.quadrants, cache)
+            state = assess_map(store, inputs, p.plan, p.quadrants, cache, p.order.quadrants.keys)
         finally:
             cache.close()
         failed_keys: list[str] = []
@@ -112,10 +109,10 @@ def lineage_links(
     plan: LatticePlan, dagster_url: str, x: int, y: int, version: TileVersion
 ) -> dict[str, Any]:
     """Links a person follows from a quadrant: the step partition that produced it, each context step's partition,
-    the render partition (names exactly as Dagster's asset and partition keys)."""
+    the render partition (names exactly as Dagster's asset and partition keys; the step and context partitions
+    themselves are the ``step`` and ``context`` entries)."""
     out: dict[str, Any] = {}
     producer = _step_partition(plan.step_for_quadrant(x, y))
-    out["producing_step"] = f"{producer[0]}[{producer[1]}]"
     out["producing_step_link"] = dg.MetadataValue.url(partition_url(dagster_url, *producer))
     context_steps = sorted(
         {
@@ -123,9 +120,6 @@ def lineage_links(
             for cx, cy in version.provenance.get("context") or []
         }
         - {producer}
-    )
-    out["context_partitions"] = dg.MetadataValue.json(
-        [key2(int(cx), int(cy)) for cx, cy in version.provenance.get("context") or []]
     )
     out["context_steps"] = dg.MetadataValue.md(
         "\n".join(f"- [{a}[{k}]]({partition_url(dagster_url, a, k)})" for a, k in context_steps) or "(none)"

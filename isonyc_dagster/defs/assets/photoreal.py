@@ -50,11 +50,8 @@ def build_photoreal_asset(partitions_def: dg.PartitionsDefinition) -> dg.AssetsD
         """Render each quadrant of the run photoreal (complete at the target screen-space error, else the run
         fails and nothing is stored for that quadrant); store the PNG with its render provenance."""
         p = project.get()
-        run = PartitionRun(context)
-        wanted = [(key, xy) for key, xy in run if xy in p.quadrants]
-        for key, xy in run:
-            if xy not in p.quadrants:
-                run.skip(key, {"outside_bounds": True})
+        run = PartitionRun(context, map_quadrants=len(p.quadrants))
+        wanted = list(run)
         retried = 0
         with p.photoreal_renderer(api_key=photoreal.google_maps_api_key) as renderer:
             stored = p.store_photoreal(renderer, [xy for _, xy in wanted])

@@ -7,7 +7,8 @@ import dagster as dg
 from isonyc_dagster import layers
 from isonyc_dagster.defs.assets._common import PartitionRun, blob_link, thumbnail_md
 from isonyc_dagster.defs.resources import ProjectResource
-from isonyc_dagster.geo.surfaces import PALETTE_VERSION, Surface
+from isonyc_dagster.geo.surfaces import PALETTE_VERSION
+from isonyc_dagster.workers import in_flight, local_workers
 
 
 def build_render_asset(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefinition:
@@ -27,16 +28,14 @@ def build_render_asset(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefi
     def render(
         context: dg.AssetExecutionContext, project: ProjectResource
     ) -> Iterator[dg.MaterializeResult | dg.AssetMaterialization]:
-        """Render each quadrant of the run from the prepared city; store RGB (PNG) and aux buffers (npz)."""
+        """Render each quadrant of the run from the prepared city; store RGB (PNG) and the buffers (a compact aux blob)."""
         p = project.get()
-        run = PartitionRun(context)
-        drawn_total, skipped = 0, 0
-        for key, (x, y) in run:
-            if (x, y) not in p.quadrants:
-                skipped += 1
-                run.skip(key, {"outside_bounds": True})
-                continue
-            version, res = p.store_render(x, y)
+        run = PartitionRun(context, map_quadrants=len(p.quadrants))
+        drawn_total = 0
+        # Renders are drawn and stored on the run's CPU threads; events are logged here, as each finishes.
+        for (key, _xy), (version, res) in in_flight(
+            lambda item: p.store_render(*item[1]), run, local_workers(), name="render"
+        ):
             drawn = int(version.provenance["buildings_drawn"])
             drawn_total += drawn
             meta = {
@@ -44,9 +43,7 @@ def build_render_asset(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefi
                 "sha256": version.sha256,
                 "version": version.version,
                 "buildings_drawn": drawn,
-                "classes_present": dg.MetadataValue.json(
-                    sorted(Surface(c).name.lower() for c in set(res.surface.ravel().tolist()))
-                ),
+                "classes_present": dg.MetadataValue.json(sorted(res.stats["classes_present"])),
                 "synthetic_city": bool(version.provenance["synthetic"]),
             }
             if run.thumbnails:
@@ -58,7 +55,7 @@ def build_render_asset(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefi
             run.record(key, version.sha256, meta)
             yield from run.emit(key)
         yield from run.outputs(
-            {"quadrants_rendered": len(run.shas), "outside_bounds": skipped, "buildings_drawn": drawn_total},
+            {"quadrants_rendered": len(run.shas), "buildings_drawn": drawn_total},
             streamed=True,
         )
 

@@ -61,14 +61,11 @@ def _step_asset(name: str, prompt: str, kind: StepKind, maps: LatticeMappings) -
     ) -> Iterator[dg.MaterializeResult | dg.AssetMaterialization]:
         p = project.get()
         inputs = p.step_inputs()
-        run = PartitionRun(context)
+        run = PartitionRun(context, map_quadrants=len(p.quadrants))
         backend = generator.build(p.config.map)
         try:
             for key, cell in run:
-                step = p.plan.get(kind, cell)
-                if step is None:
-                    run.skip(key, {"empty": True})
-                    continue
+                step = p.plan.step_at(kind, cell)
                 seed = step_seed(f"{p.config.map.name}:{layer}", step, generator.seed_offset)
                 try:
                     versions = restyle_step(

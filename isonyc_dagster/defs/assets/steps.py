@@ -5,8 +5,7 @@ between step assets are partition mappings (``defs.partitions.LatticeMappings``)
 step used and what goes stale on regeneration.
 """
 
-from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +23,7 @@ from isonyc_dagster.generate.rules import BackendPool, ModelInputs, step_setting
 from isonyc_dagster.generate.step import StepInputs, StepResult, StepSettings, run_step, step_seed
 from isonyc_dagster.generate.template import ContextMissing, OutputRejected, RenderMissing
 from isonyc_dagster.project import Project
+from isonyc_dagster.workers import in_flight
 
 #: Run tag that lets a step run overwrite versions a person made (``"true"``); without it they are kept.
 OVERRIDE_MANUAL_TAG = "isonyc/override_manual"
@@ -56,7 +56,7 @@ def build_step_asset(
     ) -> Iterator[dg.MaterializeResult | dg.AssetMaterialization]:
         p = project.get()
         inputs = p.step_inputs()
-        run = PartitionRun(context)
+        run = PartitionRun(context, map_quadrants=len(p.quadrants))
         planned = _plan_run(run, p, kind, inputs)
         pool = BackendPool(
             lambda name, model: generator.build_for(p.config.map, name, model, _profile_settings(p, name))
@@ -95,7 +95,9 @@ def build_step_asset(
                 except (BackendError, OutputRejected) as e:
                     raise dg.Failure(description=f"step {c.step.key}: {e}", allow_retries=True) from e
 
-            for c, out in _in_flight(call, calls):
+            # N endpoints × their concurrency keeps every GPU fed; a local backend takes the run's CPU threads.
+            width = min(len(calls), sum({id(c.backend): c.backend.max_in_flight for c in calls}.values()))
+            for c, out in in_flight(call, calls, width, name="step"):
                 key, step = c.key, c.step
                 meta = _step_metadata(out, thumbnails=run.thumbnails, store=p.store)
                 meta |= step_links(p.plan, p.config.dagster_url, step, out.provenance["context"])
@@ -126,49 +128,6 @@ class _StepCall:
     refs: StyleRefs | None
 
 
-def _in_flight(
-    call: Callable[[_StepCall], StepResult], calls: list[_StepCall]
-) -> Iterator[tuple[_StepCall, StepResult]]:
-    """``call`` on every step, as many at once as their backends take (``max_in_flight``: N endpoints × their
-    concurrency keeps every GPU fed; 1, sequential, for a local backend); yields each as it finishes. After a
-    failure the calls already in flight finish and are yielded (their GPU work is kept), none starts, and it raises.
-
-    Calls are submitted at most ``2 × width`` ahead and dropped once yielded, so a 256-step run holds a few steps'
-    templates and results in memory, not all of them (a whole run's once took lower Manhattan's RSS to 1.6 GB)."""
-    width = min(len(calls), sum({id(c.backend): c.backend.max_in_flight for c in calls}.values())) or 1
-    todo = iter(calls)
-    pending: dict[Future[StepResult], _StepCall] = {}
-    failure: BaseException | None = None
-    with ThreadPoolExecutor(width, thread_name_prefix="step") as ex:
-
-        def refill() -> None:
-            while failure is None and len(pending) < 2 * width and (c := next(todo, None)) is not None:
-                pending[ex.submit(call, c)] = c
-
-        refill()
-        try:
-            while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for f in done:
-                    c = pending.pop(f)
-                    if f.cancelled():
-                        continue
-                    if (e := f.exception()) is not None:
-                        if failure is None:
-                            failure = e
-                            for other in pending:
-                                other.cancel()
-                        continue
-                    yield c, f.result()
-                refill()
-        finally:
-            # A consumer that stops early (a stop request, an error) must not leave the queued calls to run on.
-            for other in pending:
-                other.cancel()
-    if failure is not None:
-        raise failure
-
-
 def _profile_settings(p: Project, backend: str) -> dict[str, Any]:
     profile = p.config.backends.get(backend)
     return dict(profile.settings) if profile is not None else {}
@@ -192,23 +151,20 @@ def _resolve_inputs(
 
 
 def _plan_run(run: PartitionRun, p: Project, kind: StepKind, inputs: StepInputs) -> list[tuple[str, Step]]:
-    """Every step of the run whose template can be built (then dropped: each call builds its own); fails fast,
-    before any model call, if one lacks its inputs (a fill run skips it instead)."""
+    """Every step of the run whose inputs are in the store (each call builds its own template); fails fast, before
+    any model call, if one lacks them (a fill run skips it instead)."""
     planned: list[tuple[str, Step]] = []
     missing: list[str] = []
     first: set[str] = set()
     for key, cell in run:
-        step = p.plan.get(kind, cell)
-        if step is None:
-            run.skip(key, {"empty": True, "reason": "no quadrant of this step is inside the bounds"})
-            continue
+        step = p.plan.step_at(kind, cell)
         manual = manual_quadrants(p.store, step.quadrants)
         if manual and run.context.run.tags.get(OVERRIDE_MANUAL_TAG) != "true":
             # A person made these pixels (repair, revert, regenerate, import): keep them, never overwrite.
             run.record(key, kept_sha(p.store, step), {"step": step.ref, "kept_person_made": key2s(manual)})
             continue
         try:
-            inputs.template(step)
+            inputs.check_ready(step)
             planned.append((key, step))
         except (ContextMissing, RenderMissing) as e:
             if run.fill:  # the scheduler's range passes over steps whose context comes later

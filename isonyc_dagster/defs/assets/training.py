@@ -33,7 +33,14 @@ def passed_quadrants(project: Project) -> list[Quadrant]:
 
     cache = QACache(Path(project.config.cache_dir) / "qa.sqlite")
     try:
-        state = assess_map(project.store, project.step_inputs(), project.plan, project.quadrants, cache)
+        state = assess_map(
+            project.store,
+            project.step_inputs(),
+            project.plan,
+            project.quadrants,
+            cache,
+            project.order.quadrants.keys,
+        )
     finally:
         cache.close()
     return passing_quadrants(state, QA_THRESHOLD)

@@ -7,7 +7,8 @@ import dagster as dg
 from isonyc_dagster import layers
 from isonyc_dagster.defs.assets._common import PartitionRun, blob_link, thumbnail_md
 from isonyc_dagster.defs.resources import ProjectResource
-from isonyc_dagster.generate.water import FALLOFF_PX, store_water_mask
+from isonyc_dagster.generate.water import FALLOFF_PX, StoredMask, store_water_mask
+from isonyc_dagster.workers import in_flight, local_workers
 
 
 def build_water_asset(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefinition:
@@ -27,16 +28,19 @@ def build_water_asset(partitions_def: dg.PartitionsDefinition) -> dg.AssetsDefin
         """Water projected with the renderer's camera: ALL_WATER / ALL_LAND / WATER_EDGE flag + a soft mask."""
         p = project.get()
         inputs = p.step_inputs()
-        run = PartitionRun(context)
+        run = PartitionRun(context, map_quadrants=len(p.quadrants))
         counts = {"ALL_WATER": 0, "ALL_LAND": 0, "WATER_EDGE": 0}
+        todo: list[tuple[str, tuple[int, int]]] = []
         for key, (x, y) in run:
-            if (x, y) not in p.quadrants:
-                run.skip(key, {"outside_bounds": True})
-                continue
             if run.fill and p.store.active(layers.RENDER, x, y) is None:
                 run.wait(key, "not rendered yet")
                 continue
-            out = store_water_mask(p.store, inputs.render_aux, x, y, quadrant_px=p.geometry.q)
+            todo.append((key, (x, y)))
+
+        def mask(item: tuple[str, tuple[int, int]]) -> StoredMask:
+            return store_water_mask(p.store, inputs.render_aux, *item[1], quadrant_px=p.geometry.q)
+
+        for (key, _xy), out in in_flight(mask, todo, local_workers(), name="water"):
             counts[out.kind.name] += 1
             meta = {
                 "quadrant": key,

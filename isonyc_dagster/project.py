@@ -106,7 +106,8 @@ class Project:
     def store(self) -> TileStore:
         from isonyc_dagster.store import open_store
 
-        return open_store(self.config.store)
+        q = self.geometry.q  # a map of other than 512 px quadrants stores tiles of its own size
+        return open_store(self.config.store, tile_size=(q, q))
 
     # --- geodata ---------------------------------------------------------------------------------
     def city_window(self) -> Polygon:

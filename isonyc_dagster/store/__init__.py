@@ -27,19 +27,20 @@ __all__ = [
 ]
 
 
-def open_store(uri: str, *, read_only: bool = False) -> TileStore:
+def open_store(uri: str, *, read_only: bool = False, tile_size: tuple[int, int] | None = None) -> TileStore:
     """Open a store from a local directory path or a ``gs://bucket/prefix`` URI.
 
     ``read_only``: open without write access (every write raises ``ReadOnlyStoreError``). A local store in
-    a directory this user cannot write is opened read-only automatically.
+    a directory this user cannot write is opened read-only automatically. ``tile_size``: the size every tile must
+    have (the map's quadrant; default 512 × 512).
     """
     if uri.startswith("gs://"):
         from isonyc_dagster.store.gcs import GCSTileStore
 
-        return GCSTileStore.from_uri(uri, read_only=read_only)
+        return GCSTileStore.from_uri(uri, read_only=read_only, tile_size=tile_size)
     from isonyc_dagster.store.local import LocalTileStore
 
-    return LocalTileStore(uri, read_only=read_only)
+    return LocalTileStore(uri, read_only=read_only, tile_size=tile_size)
 
 
 def rebuild_index(uri: str) -> dict[str, Any]:

@@ -22,15 +22,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from isonyc_dagster import layers  # noqa: E402
-from isonyc_dagster.backends.base import GenerationRequest  # noqa: E402
-from isonyc_dagster.backends.pixelart import PixelArtBackend  # noqa: E402
 from isonyc_dagster.geo.config import ProjectConfig  # noqa: E402
-from isonyc_dagster.images import png_bytes  # noqa: E402
 from isonyc_dagster.lift.pipeline import LiftSettings, input_from_map, run_lift  # noqa: E402
 from isonyc_dagster.lift.run import input_frame  # noqa: E402
 from isonyc_dagster.lift.scene import GaussianScene  # noqa: E402
 from isonyc_dagster.project import Project  # noqa: E402
+from tests.dagster_helpers import generate_block_offline  # noqa: E402
 
 GEODATA = REPO.parent / "shared" / "geodata"
 X0, Y0 = -25, 19
@@ -44,23 +41,7 @@ def build_project(root: Path) -> Project:
     project = Project(
         ProjectConfig(store=str(root / "store"), cache_dir=str(root / "cache"), geodata=[str(f)])
     )
-    for y in range(Y0 - 1, Y0 + 3):
-        for x in range(X0 - 1, X0 + 3):
-            project.store_render(x, y)
-    q = project.geometry.q
-    whole = project.renderer.render_window(X0 * q, Y0 * q, 2 * q, 2 * q)
-    out, _ = PixelArtBackend(project.config.map).generate_array(
-        GenerationRequest(
-            template_png=png_bytes(whole.rgb),
-            infill_box=(0, 0, 2 * q, 2 * q),
-            origin_px=whole.origin_px,
-            aux=whole.aux(),
-        )
-    )
-    for j in range(2):
-        for i in range(2):
-            tile = png_bytes(out[j * q : (j + 1) * q, i * q : (i + 1) * q])
-            project.store.put_tile(layers.GENERATION, X0 + i, Y0 + j, tile, {"step": "bench"})
+    generate_block_offline(project, X0, Y0, step="bench")
     return project
 
 

@@ -22,7 +22,8 @@ def png_bytes(rgb: np.ndarray, *, compress_level: int = 6, palette: bool = False
         # few: 5× faster than ``np.unique(return_inverse=True)``, which sorts every pixel.
         found = Image.fromarray(arr).getcolors(256)
         if found is not None:
-            colours = np.sort(np.array([(r << 16) | (g << 8) | b for _, (r, g, b) in found], dtype=np.uint32))
+            rgb_found = [c for _, c in found]  # (count, (r, g, b)) for an RGB image
+            colours = np.sort(np.array([(r << 16) | (g << 8) | b for r, g, b in rgb_found], dtype=np.uint32))  # type: ignore[misc]
             packed = (
                 (arr[..., 0].astype(np.uint32) << 16) | (arr[..., 1].astype(np.uint32) << 8) | arr[..., 2]
             )

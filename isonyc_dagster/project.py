@@ -206,8 +206,9 @@ class Project:
             return self.renderer
         return self._region(*self.region_of(x, y))[1]
 
-    def step_inputs(self) -> StepInputs:
-        """Fresh per-run inputs of generation steps: stored renders inside the bounds, padding drawn on the fly."""
+    def step_inputs(self, cache_quadrants: int | None = None) -> StepInputs:
+        """Fresh per-run inputs of generation steps: stored renders inside the bounds, padding drawn on the fly;
+        ``cache_quadrants`` recent quadrants kept decoded (default ``generate.step.CACHE_QUADRANTS``)."""
         from isonyc_dagster.generate.step import StepInputs
 
         # Photoreal pixels come only from the stored layer: a step over a quadrant without it fails fast. "both" keeps
@@ -219,6 +220,7 @@ class Project:
             render=self.render_quadrant,
             rgb_layer=layers.PHOTOREAL if mode == "photoreal" else layers.RENDER,
             color_layer=layers.PHOTOREAL if mode == "both" else None,
+            cache_quadrants=cache_quadrants,
         )
 
     @cached_property

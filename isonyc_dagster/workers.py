@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import TypeVar
+from typing import Any, TypeVar
 
 #: Environment variable: threads a run gives its CPU work (renders, the offline backend, masks, QA); default: the
 #: cores this process may use, at most ``MAX_WORKERS``.
@@ -52,14 +52,17 @@ def in_flight(
     With ``width`` 1 the calls run one after another in a single worker thread."""
     width = max(1, width)
     todo = iter(items)
-    end = object()
+    end: Any = object()
     pending: dict[Future[_R], _T] = {}
     failure: BaseException | None = None
     with ThreadPoolExecutor(width, thread_name_prefix=name) as ex:
 
         def refill() -> None:
-            while failure is None and len(pending) < 2 * width and (item := next(todo, end)) is not end:
-                pending[ex.submit(call, item)] = item  # type: ignore[arg-type]
+            while failure is None and len(pending) < 2 * width:
+                item = next(todo, end)
+                if item is end:
+                    return
+                pending[ex.submit(call, item)] = item
 
         refill()
         try:

@@ -84,6 +84,24 @@ def remote_location(instance: dg.DagsterInstance, port: int) -> Iterator[tuple[o
         yield ws, ws.get_code_location(LOCATION)
 
 
+@contextmanager
+def forking_server(
+    module: str, env: dict[str, str], home: Path, log: Path
+) -> Iterator[tuple[subprocess.Popen, dg.DagsterInstance, object, object]]:
+    """``isonyc code-server`` for ``module`` on a free port, the instance of ``home``, and its workspace and code
+    location; the server is stopped on exit."""
+    port = free_port()
+    proc = start_code_server("forking", module, env, port, log)
+    try:
+        with (
+            dg.DagsterInstance.from_config(str(home)) as instance,
+            remote_location(instance, port) as (ws, loc),
+        ):
+            yield proc, instance, ws, loc
+    finally:
+        stop_code_server(proc)
+
+
 def create_run(instance: dg.DagsterInstance, location, job_name: str, tags: dict[str, str] | None = None):
     """A NOT_STARTED run of ``job_name``, made from the remote job as the sensor daemon makes one."""
     (repo,) = location.get_repositories().values()

@@ -17,14 +17,7 @@ from dagster._core.storage.tags import GRPC_INFO_TAG
 
 from isonyc_dagster.cli.demo import DAGSTER_YAML
 from tests.dagster_helpers import project_config
-from tests.launch_helpers import (
-    create_run,
-    free_port,
-    remote_location,
-    start_code_server,
-    stop_code_server,
-    wait_run,
-)
+from tests.launch_helpers import create_run, forking_server, wait_run
 
 
 def _home(tmp: Path) -> Path:
@@ -41,16 +34,8 @@ def server(tmp_path_factory):
     home, out = _home(tmp), tmp / "out"
     out.mkdir()
     env = {**os.environ, "DAGSTER_HOME": str(home), "CODESERVER_TEST_OUT": str(out)}
-    port = free_port()
-    proc = start_code_server("forking", "tests.codeserver_defs", env, port, tmp / "server.log")
-    try:
-        with (
-            dg.DagsterInstance.from_config(str(home)) as instance,
-            remote_location(instance, port) as (ws, loc),
-        ):
-            yield instance, ws, loc, out
-    finally:
-        stop_code_server(proc)
+    with forking_server("tests.codeserver_defs", env, home, tmp / "server.log") as (_proc, instance, ws, loc):
+        yield instance, ws, loc, out
 
 
 def _report(out: Path, name: str, timeout: float = 60.0) -> dict:
@@ -125,22 +110,15 @@ def test_project_render_run_through_the_forking_server(tmp_path: Path) -> None:
     cfg_path = tmp_path / "isonyc.json"
     cfg_path.write_text(project_config(tmp_path, 0, 0, 1, 1).model_dump_json())
     env = {**os.environ, "DAGSTER_HOME": str(home), "ISONYC_CONFIG": str(cfg_path)}
-    port = free_port()
-    proc = start_code_server("forking", "isonyc_dagster.defs.definitions", env, port, tmp_path / "server.log")
-    try:
-        with (
-            dg.DagsterInstance.from_config(str(home)) as instance,
-            remote_location(instance, port) as (ws, loc),
-        ):
-            run = create_run(instance, loc, "render_job", {"dagster/partition": "1|0"})
-            instance.launch_run(run.run_id, ws)
-            assert wait_run(instance, run.run_id, timeout=300).status == dg.DagsterRunStatus.SUCCESS
-            fds = Path(f"/proc/{_forkserver_pid(proc.pid)}/fd")
-            held = {os.readlink(fd) for fd in fds.iterdir() if fd.is_symlink()}
-            roots = [str(home), str(tmp_path / "store"), str(tmp_path / "cache")]
-            assert not {h for h in held if h.startswith(tuple(roots))}, held
-    finally:
-        stop_code_server(proc)
+    module = "isonyc_dagster.defs.definitions"
+    with forking_server(module, env, home, tmp_path / "server.log") as (proc, instance, ws, loc):
+        run = create_run(instance, loc, "render_job", {"dagster/partition": "1|0"})
+        instance.launch_run(run.run_id, ws)
+        assert wait_run(instance, run.run_id, timeout=300).status == dg.DagsterRunStatus.SUCCESS
+        fds = Path(f"/proc/{_forkserver_pid(proc.pid)}/fd")
+        held = {os.readlink(fd) for fd in fds.iterdir() if fd.is_symlink()}
+        roots = [str(home), str(tmp_path / "store"), str(tmp_path / "cache")]
+        assert not {h for h in held if h.startswith(tuple(roots))}, held
 
 
 def test_cli_passes_its_options_to_the_server() -> None:

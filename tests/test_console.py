@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -35,7 +34,7 @@ from isonyc_dagster.publish.build import pyramid_staleness
 from isonyc_dagster.publish.serve import start_server
 from tests.dagster_helpers import project_config
 from tests.test_viewer_browser import CHROMIUM, osd_or_skip
-from tests.test_webserver import _free_port, _post
+from tests.test_webserver import _free_port, _post, start_webserver
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -56,23 +55,7 @@ def _start_webserver(cfg_path: Path, home: Path, port: int) -> subprocess.Popen:
         "DAGSTER_DISABLE_TELEMETRY": "1",
         "ISONYC_CONFIG": str(cfg_path),
     }
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dagster_webserver",
-            "-w",
-            "workspace.yaml",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-        ],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    return start_webserver(env, port)
 
 
 def _wait_for_job(base: str, job: str, proc: subprocess.Popen) -> None:

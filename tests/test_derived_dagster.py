@@ -19,15 +19,9 @@ from isonyc_dagster.defs.partitions import key2
 from isonyc_dagster.derive.transforms import night
 from isonyc_dagster.images import decode_rgb, png_bytes
 from isonyc_dagster.project import Project
-from tests.dagster_helpers import project_config
+from tests.dagster_helpers import home_instance, project_config
 
 pytestmark = pytest.mark.slow
-
-
-def _instance(home: Path) -> dg.DagsterInstance:
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    return dg.DagsterInstance.from_config(str(home))
 
 
 def _base_map(defs: dg.Definitions, instance: dg.DagsterInstance) -> None:
@@ -49,7 +43,7 @@ def test_derived_layers_materialize_check_publish_and_go_stale_per_quadrant(tmp_
     project = Project(cfg)
     graph = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
     assert {"layer_night", "layer_snow", "layer_pyramids"} <= graph and "layer_dark" not in graph
-    with _instance(tmp_path / "dagster_home") as instance:
+    with home_instance(tmp_path / "dagster_home") as instance:
         _base_map(defs, instance)
         log = materialize_derived(defs, project, instance, ["night", "snow"])
         assert log and all(ok for _, ok in log), log
@@ -125,7 +119,7 @@ def test_the_wave_scheduler_builds_derived_layers_and_their_pyramids(tmp_path: P
     cfg = project_config(tmp_path, 0, 0, 1, 1).model_copy(update={"derived_layers": ["night"]})
     defs = build_definitions(cfg)
     project = Project(cfg)
-    with _instance(tmp_path / "dagster_home") as instance:
+    with home_instance(tmp_path / "dagster_home") as instance:
         report = drive(defs, project, instance, wait_s=0.2)
         assert report.complete and not report.failed, report.summary
         assert any(e["tags"].get("isonyc/asset") == "layer_night" for e in report.log)

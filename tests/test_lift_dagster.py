@@ -32,7 +32,7 @@ from isonyc_dagster.lift.regions import (
     project_registry,
 )
 from isonyc_dagster.project import Project
-from tests.dagster_helpers import project_config
+from tests.dagster_helpers import home_instance, project_config
 
 RANGE_2x2 = {"dagster/asset_partition_range_start": "0|0", "dagster/asset_partition_range_end": "1|1"}
 #: Small enough for CI on CPU: a 64 px working image, 3 iterations, a 2-frame video.
@@ -43,12 +43,6 @@ QUADS = [(0, 0), (1, 0), (0, 1), (1, 1)]
 def _lift_config(tmp: Path, **settings) -> ProjectConfig:
     lift = LiftConfig(regions_file=str(tmp / "regions.json"), settings={**SMALL, **settings}, auto=True)
     return project_config(tmp, 0, 0, 1, 1, lift=lift)
-
-
-def _instance(home: Path) -> dg.DagsterInstance:
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    return dg.DagsterInstance.from_config(str(home))
 
 
 # --- the registry -------------------------------------------------------------------------------------------------
@@ -158,7 +152,7 @@ def test_scene_3d_lifts_a_region_and_the_sensor_requests_it_again_when_a_quadran
     defs = build_definitions(cfg)
     project = Project(cfg)
     settings = lift_settings(cfg)
-    with _instance(tmp_path / "home") as instance:
+    with home_instance(tmp_path / "home") as instance:
         region = add_region(project, "corner", 0, 0, 1, 1, instance=instance)
         assert instance.get_dynamic_partitions(REGIONS.name) == ["corner"]
         # Registered in the file only (as when no instance was reachable): the sensor adds the partition.

@@ -35,16 +35,10 @@ from isonyc_dagster.generate.repair import (
 from isonyc_dagster.generate.rules import step_settings
 from isonyc_dagster.images import decode_rgb
 from isonyc_dagster.project import Project
-from tests.dagster_helpers import project_config
+from tests.dagster_helpers import home_instance, project_config
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _instance(home: Path) -> dg.DagsterInstance:
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    return dg.DagsterInstance.from_config(str(home))
 
 
 def _cli(cfg_path: Path, *args: str) -> subprocess.CompletedProcess:
@@ -68,7 +62,7 @@ def test_repair_revert_and_the_scheduler_publishes_without_touching_neighbours(t
     defs = build_definitions(cfg)
     project = Project(cfg)
     store = project.store
-    with _instance(tmp_path / "home") as instance:
+    with home_instance(tmp_path / "home") as instance:
         assert drive(defs, project, instance).complete
         before = {q: store.active(layers.GENERATION, *q) for q in project.quadrants.keys}
 
@@ -121,7 +115,7 @@ def test_regenerated_block_makes_exactly_its_dependants_stale_and_the_scheduler_
     defs = build_definitions(cfg)
     project = Project(cfg)
     store = project.store
-    with _instance(tmp_path / "home") as instance:
+    with home_instance(tmp_path / "home") as instance:
         assert drive(defs, project, instance).complete
         first = {q: store.active(layers.GENERATION, *q).sha256 for q in project.quadrants.keys}
         block = parse_step_key(project.plan, "blocks:0|0")

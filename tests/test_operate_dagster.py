@@ -17,17 +17,11 @@ from isonyc_dagster.defs.partitions import key2
 from isonyc_dagster.defs.resources import GeneratorResource
 from isonyc_dagster.images import png_bytes
 from isonyc_dagster.project import Project
-from tests.dagster_helpers import project_config
+from tests.dagster_helpers import home_instance, project_config
 
 pytestmark = pytest.mark.slow
 
 RANGE_2x2 = {"dagster/asset_partition_range_start": "0|0", "dagster/asset_partition_range_end": "1|1"}
-
-
-def _instance(home: Path) -> dg.DagsterInstance:
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    return dg.DagsterInstance.from_config(str(home))
 
 
 def _run(defs: dg.Definitions, instance: dg.DagsterInstance, job: str, **kw) -> dg.ExecuteInProcessResult:
@@ -47,7 +41,7 @@ def test_checks_report_every_quadrant_and_a_later_passing_run_never_hides_a_fail
     cfg = project_config(tmp_path, 0, 0, 1, 1).model_copy(update={"dagster_url": "http://127.0.0.1:3999"})
     defs = build_definitions(cfg)
     store = Project(cfg).store
-    with _instance(tmp_path / "home") as instance:
+    with home_instance(tmp_path / "home") as instance:
         _run(defs, instance, "geodata_job")
         _run(defs, instance, "render_job", tags=RANGE_2x2)
         _run(defs, instance, "blocks_job", partition_key="0|0")
@@ -117,7 +111,7 @@ def test_range_runs_give_each_partition_its_content_hash_and_staleness_follows_t
             out[asset] = {k for k in ks if resolver.get_status(dg.AssetKey(asset), k) == StaleStatus.STALE}
         return out
 
-    with _instance(tmp_path / "home") as instance:
+    with home_instance(tmp_path / "home") as instance:
         _run(defs, instance, "geodata_job")
         _run(defs, instance, "render_job", tags=rng)
         # Every partition of the range run carries its own content hash as data version.

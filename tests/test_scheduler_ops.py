@@ -27,18 +27,12 @@ from isonyc_dagster.generate.rules import step_settings
 from isonyc_dagster.generate.step import step_seed
 from isonyc_dagster.images import decode_rgb
 from isonyc_dagster.project import Project
-from tests.dagster_helpers import project_config
+from tests.dagster_helpers import home_instance, project_config
 from tests.fake_apis import Recorded, Reply
 from tests.fake_gpu import FakeGpuEndpoint
 
 pytestmark = pytest.mark.slow
 RANGE = {"dagster/asset_partition_range_start": "0|0", "dagster/asset_partition_range_end": "2|1"}
-
-
-def _instance(home: Path) -> dg.DagsterInstance:
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    return dg.DagsterInstance.from_config(str(home))
 
 
 def _latest_md(instance: dg.DagsterInstance, asset: str, key: str) -> dict:
@@ -55,7 +49,7 @@ def test_provenance_says_asset_and_partition_keys_and_missing_context_says_what_
     defs = build_definitions(cfg)
     project = Project(cfg)
     store = project.store
-    with _instance(tmp_path / "home") as instance:
+    with home_instance(tmp_path / "home") as instance:
         for job, kw in (("geodata_job", {}), ("render_job", {"tags": RANGE})):
             assert defs.resolve_job_def(job).execute_in_process(instance=instance, **kw).success
 
@@ -157,7 +151,7 @@ def test_the_nightly_schedule_fills_the_bounds_and_the_sensor_regenerates_exactl
     with pytest.raises(Exception, match="wave_backfill_schedule"):
         build_definitions(cfg.model_copy(update={"schedule_cron": ""})).get_schedule_def(BACKFILL_SCHEDULE)
 
-    with _instance(tmp_path / "home") as instance:
+    with home_instance(tmp_path / "home") as instance:
         # The schedule's tick plans like the sensor; its run drives the plan over the bounds to the end.
         def tick() -> dg.RunRequest | dg.SkipReason:
             resources = {"project": ProjectResource.for_config(cfg)}
@@ -270,7 +264,7 @@ def test_a_step_starts_as_soon_as_its_own_context_is_done_not_when_its_wave_is(t
         defs = build_definitions(
             cfg, generator=GeneratorResource(backend="modal", settings_json=json.dumps(settings))
         )
-        with _instance(tmp_path / "home") as instance:
+        with home_instance(tmp_path / "home") as instance:
             report = drive_parallel(defs, project, instance, runs_in_flight=4, wait_s=0.2)
         assert report.complete and report.failed == 0, report.summary
         b0, b1 = gpu.held, gpu.awaited

@@ -10,16 +10,10 @@ import pytest
 
 from isonyc_dagster.defs.definitions import build_definitions
 from isonyc_dagster.training.omni import KINDS
-from tests.dagster_helpers import project_config
+from tests.dagster_helpers import home_instance, project_config
 from tests.test_training_data import REFERENCES, STARRED, make_map
 
 pytestmark = pytest.mark.slow
-
-
-def _instance(home: Path) -> dg.DagsterInstance:
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    return dg.DagsterInstance.from_config(str(home))
 
 
 def _latest(instance: dg.DagsterInstance, name: str) -> dg.AssetMaterialization:
@@ -45,7 +39,7 @@ def test_training_pairs_and_omni_dataset_materialize(tmp_path: Path) -> None:
     for name in ("training_pairs", "omni_dataset"):
         assert graph.get(dg.AssetKey(name)).group_name == "training"
     assert dg.AssetKey("training_pairs") in graph.get(dg.AssetKey("omni_dataset")).parent_keys
-    with _instance(tmp_path / "dagster_home") as instance:
+    with home_instance(tmp_path / "dagster_home") as instance:
         assert defs.resolve_job_def("training_job").execute_in_process(instance=instance).success
         pairs = _latest(instance, "training_pairs")
         assert pairs.metadata["pairs"].value == 5 and pairs.metadata["skipped"].value == 1
@@ -70,7 +64,7 @@ def test_training_pairs_and_omni_dataset_materialize(tmp_path: Path) -> None:
         update={"training": project.config.training.model_copy(update={"include_passed": True})}
     )
     defs = build_definitions(cfg)
-    with _instance(tmp_path / "dagster_home2") as instance:
+    with home_instance(tmp_path / "dagster_home2") as instance:
         result = defs.resolve_job_def("training_job").execute_in_process(
             instance=instance, asset_selection=[dg.AssetKey("training_pairs")]
         )

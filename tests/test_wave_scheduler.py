@@ -21,15 +21,9 @@ from isonyc_dagster.defs.resources import GeneratorResource
 from isonyc_dagster.defs.sensors import STEP_ASSETS, wave_run_requests
 from isonyc_dagster.generate.plan import StepKind
 from isonyc_dagster.project import Project
-from tests.dagster_helpers import project_config
+from tests.dagster_helpers import home_instance, project_config
 
 pytestmark = pytest.mark.slow
-
-
-def _instance(home: Path) -> dg.DagsterInstance:
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    return dg.DagsterInstance.from_config(str(home))
 
 
 def _materializations(instance: dg.DagsterInstance, asset: str) -> dict[tuple[int, int], list]:
@@ -47,13 +41,13 @@ def test_scheduler_fills_12x12_in_seam_free_order_and_survives_restart(tmp_path:
     home = tmp_path / "dagster_home"
 
     # First "daemon": a few ticks only, then it dies.
-    with _instance(home) as instance:
+    with home_instance(home) as instance:
         first = drive(defs, project, instance, max_rounds=3)
         assert not first.complete and first.runs > 0
 
     # A new process, a new instance object and a fresh project: the scheduler keeps no state, so it resumes.
     project2 = Project(cfg)
-    with _instance(home) as instance:
+    with home_instance(home) as instance:
         second = drive(defs, project2, instance)
         assert second.complete, second.summary
         assert second.failed == 0 and first.failed == 0
@@ -100,7 +94,7 @@ def test_regenerating_a_block_marks_exactly_its_dependants_stale(tmp_path: Path)
     cfg = project_config(tmp_path, 0, 0, 8, 8)
     defs = build_definitions(cfg)
     project = Project(cfg)
-    with _instance(tmp_path / "dagster_home") as instance:
+    with home_instance(tmp_path / "dagster_home") as instance:
         assert drive(defs, project, instance).complete
         assets = list(defs.assets)
         resolver = get_stale_status_resolver(instance, assets)

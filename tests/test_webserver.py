@@ -36,20 +36,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _post(url: str, query: str) -> dict:
-    req = urllib.request.Request(
-        url, data=json.dumps({"query": query}).encode(), headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(req, timeout=30) as r:
-        return json.loads(r.read())
-
-
-def test_webserver_shows_the_pipeline(tmp_path: Path) -> None:
-    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "DAGSTER_DISABLE_TELEMETRY": "1"}
-    env.pop("ISONYC_CONFIG", None)
-    port = _free_port()
-    proc = subprocess.Popen(
+def start_webserver(env: dict[str, str], port: int) -> subprocess.Popen:
+    """``dagster-webserver`` on 127.0.0.1:``port`` over the repository's workspace, in ``env``."""
+    return subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -66,6 +55,22 @@ def test_webserver_shows_the_pipeline(tmp_path: Path) -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+def _post(url: str, query: str) -> dict:
+    req = urllib.request.Request(
+        url, data=json.dumps({"query": query}).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def test_webserver_shows_the_pipeline(tmp_path: Path) -> None:
+    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "DAGSTER_DISABLE_TELEMETRY": "1"}
+    env.pop("ISONYC_CONFIG", None)
+    port = _free_port()
+    proc = start_webserver(env, port)
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 120

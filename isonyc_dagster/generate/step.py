@@ -57,12 +57,14 @@ class Rendered(Protocol):
 RenderFn = Callable[[int, int], Rendered]
 
 
-#: Quadrants whose decoded buffers and pixels a run keeps (each; ~2.3 MB of buffers, 0.8 MB of pixels per quadrant).
-#: A run's keys are a compact region walked along a Hilbert curve, so the most recent 16 hold the neighbours a step or
-#: a seam check still needs (a step's window is ≤ 4 quadrants, two steps run at once on two cores), and the caches of
-#: a 1,000-quadrant run stay near 50 MB instead of 3 GB. 32 held 56 MB more at the blocks run's peak for no speed:
-#: a buffer is decoded again in ~10 ms.
+#: Quadrants whose decoded buffers and pixels a run keeps (each; ~2.3 MB of buffers, 0.8 MB of pixels, ~3 MB more for a
+#: padding quadrant drawn on the fly). A run's keys are a compact region walked along a Hilbert curve, so the most
+#: recent few hold the neighbours still needed, and a 1,000-quadrant run's caches stay near 50 MB instead of 3 GB.
+#: Water masks and QA read 3×3 neighbourhoods: 16 (8 doubled their time, re-decoding). A step reads only its window
+#: (≤ 4 quadrants, two steps at once on two cores): 8, which took lower Manhattan's blocks run from 0.99 to 0.89 GB
+#: peak RSS at the same speed (a buffer is decoded again in ~10 ms).
 CACHE_QUADRANTS = 16
+STEP_CACHE_QUADRANTS = 8
 
 _V = TypeVar("_V")
 
@@ -110,6 +112,7 @@ class StepInputs:
         rgb_layer: str = layers.RENDER,
         render_rgb_fn: Callable[[int, int], np.ndarray] | None = None,
         color_layer: str | None = None,
+        cache_quadrants: int | None = None,
     ) -> None:
         self.store = store
         self.stored = stored
@@ -119,9 +122,10 @@ class StepInputs:
         self._render_rgb_fn = render_rgb_fn
         #: A layer sent whole as the request's colour reference (the photoreal layer, ``render_layer = "both"``).
         self.color_layer = color_layer
-        self._rendered: _Recent[Rendered] = _Recent(CACHE_QUADRANTS)
-        self._aux: _Recent[dict[str, np.ndarray]] = _Recent(CACHE_QUADRANTS)
-        self._generated: _Recent[np.ndarray] = _Recent(CACHE_QUADRANTS)
+        size = cache_quadrants or CACHE_QUADRANTS
+        self._rendered: _Recent[Rendered] = _Recent(size)
+        self._aux: _Recent[dict[str, np.ndarray]] = _Recent(size)
+        self._generated: _Recent[np.ndarray] = _Recent(size)
 
     def _render_once(self, x: int, y: int) -> Rendered:
         found = self._rendered.get((x, y))

@@ -348,7 +348,7 @@ def _decode(data: bytes, size: int, what: str) -> np.ndarray:
     except Exception as e:  # noqa: BLE001 - any decoder failure after a valid header (truncated, bad zlib, CRC)
         raise OutputRejected("decode", f"{what} is corrupt: {type(e).__name__}: {e}") from None
     if img.mode == "P":  # lossless as well (the offline backend writes one): its colours, alpha if it has any
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        return np.asarray(img.convert("RGBA" if "transparency" in img.info else "RGB"))
     return np.asarray(img)
 
 

@@ -20,7 +20,14 @@ from isonyc_dagster.generate.plan import Step, StepKind
 from isonyc_dagster.generate.references import ReferenceMissing, ReferenceSelector, StyleRefs
 from isonyc_dagster.generate.repair import kept_sha, manual_quadrants
 from isonyc_dagster.generate.rules import BackendPool, ModelInputs, step_settings
-from isonyc_dagster.generate.step import StepInputs, StepResult, StepSettings, run_step, step_seed
+from isonyc_dagster.generate.step import (
+    STEP_CACHE_QUADRANTS,
+    StepInputs,
+    StepResult,
+    StepSettings,
+    run_step,
+    step_seed,
+)
 from isonyc_dagster.generate.template import ContextMissing, OutputRejected, RenderMissing
 from isonyc_dagster.project import Project
 from isonyc_dagster.workers import in_flight
@@ -55,7 +62,7 @@ def build_step_asset(
         context: dg.AssetExecutionContext, project: ProjectResource, generator: GeneratorResource
     ) -> Iterator[dg.MaterializeResult | dg.AssetMaterialization]:
         p = project.get()
-        inputs = p.step_inputs()
+        inputs = p.step_inputs(cache_quadrants=STEP_CACHE_QUADRANTS)
         run = PartitionRun(context, map_quadrants=len(p.quadrants))
         planned = _plan_run(run, p, kind, inputs)
         pool = BackendPool(

@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, TypeVar
 
+from isonyc_dagster.errors import IsonycError
+
 #: Environment variable: threads a run gives its CPU work (renders, the offline backend, masks, QA); default: the
 #: cores this process may use, at most ``MAX_WORKERS``.
 WORKERS_ENV = "ISONYC_WORKERS"
@@ -21,7 +23,7 @@ _T = TypeVar("_T")
 _R = TypeVar("_R")
 
 
-class WorkersError(ValueError):
+class WorkersError(IsonycError, ValueError):
     """``ISONYC_WORKERS`` is not a whole number ≥ 1."""
 
 

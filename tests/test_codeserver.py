@@ -61,25 +61,26 @@ def test_run_worker_is_forked_from_the_warm_process(server) -> None:
     assert json.loads(instance.get_run_by_id(run.run_id).tags[GRPC_INFO_TAG])["host"] == "127.0.0.1"
 
 
-def test_killed_run_worker_marks_the_run_failed(server) -> None:
+def _launch_linger(server):  # type: ignore[no-untyped-def]
+    """A run of ``linger_job`` launched through the server, and the pid of the worker running it."""
     instance, ws, loc, out = server
     for stale in out.glob("linger-*.json"):
         stale.unlink()
     run = create_run(instance, loc, "linger_job")
     instance.launch_run(run.run_id, ws)
-    os.kill(_report(out, "linger")["pid"], signal.SIGKILL)
+    return instance, run, _report(out, "linger")["pid"]
+
+
+def test_killed_run_worker_marks_the_run_failed(server) -> None:
+    instance, run, pid = _launch_linger(server)
+    os.kill(pid, signal.SIGKILL)
     assert wait_run(instance, run.run_id).status == dg.DagsterRunStatus.FAILURE
     messages = [r.event_log_entry.message or "" for r in instance.get_records_for_run(run.run_id).records]
     assert any("unexpectedly" in m or "exit code" in m or "signal" in m for m in messages), messages[-5:]
 
 
 def test_cancel_stops_a_forked_run(server) -> None:
-    instance, ws, loc, out = server
-    for stale in out.glob("linger-*.json"):
-        stale.unlink()
-    run = create_run(instance, loc, "linger_job")
-    instance.launch_run(run.run_id, ws)
-    pid = _report(out, "linger")["pid"]
+    instance, run, pid = _launch_linger(server)
     assert instance.run_launcher.terminate(run.run_id)
     assert wait_run(instance, run.run_id, timeout=60).status == dg.DagsterRunStatus.CANCELED
     deadline = time.monotonic() + 30

@@ -134,19 +134,23 @@ class StepInputs:
         return found
 
     def render_rgb(self, x: int, y: int) -> np.ndarray | None:
-        if self.rgb_layer != layers.RENDER:
-            png = self.store.get_tile(self.rgb_layer, x, y)
-            if png is not None:
-                return decode_rgb(png)
-            # In bounds: the layer's asset must have stored it (the step fails fast, like missing context).
-            fn = self._render_rgb_fn
-            return None if (x, y) in self.stored or fn is None else fn(x, y)
-        png = self.store.get_tile(layers.RENDER, x, y)
+        png = self.store.get_tile(self.rgb_layer, x, y)
         if png is not None:
             return decode_rgb(png)
-        if (x, y) in self.stored:
-            return None  # an in-bounds quadrant must be materialized by the render asset first
+        if not self._drawn_on_the_fly(x, y):
+            # In bounds: the layer's asset must have stored it (the step fails fast, like missing context).
+            return None
+        if self.rgb_layer != layers.RENDER:
+            assert self._render_rgb_fn is not None  # _drawn_on_the_fly says so
+            return self._render_rgb_fn(x, y)
         return self._render_once(x, y).rgb
+
+    def _drawn_on_the_fly(self, x: int, y: int) -> bool:
+        """Whether ``render_rgb`` draws (x, y) when the layer has no tile: padding outside the stored quadrants, where
+        there is a way to draw it."""
+        return (x, y) not in self.stored and (
+            self.rgb_layer == layers.RENDER or self._render_rgb_fn is not None
+        )
 
     def color_reference(self, step: Step) -> bytes | None:
         """The step's window drawn from ``color_layer`` (framed like the template); None without a colour layer.
@@ -221,20 +225,14 @@ class StepInputs:
             if qd in context:
                 if self.store.active(layers.GENERATION, *qd) is None:
                     missing.append(qd)
-            elif qd in step.quadrants and not self._render_available(*qd):
+            elif qd in step.quadrants and not (
+                self.store.active(self.rgb_layer, *qd) is not None or self._drawn_on_the_fly(*qd)
+            ):
                 no_render.append(qd)
         if no_render:
             raise RenderMissing(step.key, no_render)
         if missing:
             raise ContextMissing(step.key, missing)
-
-    def _render_available(self, x: int, y: int) -> bool:
-        """Whether ``render_rgb(x, y)`` gives pixels (stored, or drawn on the fly where that is allowed)."""
-        if self.store.active(self.rgb_layer, x, y) is not None:
-            return True
-        if self.rgb_layer != layers.RENDER:
-            return (x, y) not in self.stored and self._render_rgb_fn is not None
-        return (x, y) not in self.stored
 
     def template(self, step: Step) -> Template:
         return build_template(

@@ -74,9 +74,8 @@ def _walk(hb, codes, surface, building, drop, wall_a, wall_b, decode):  # pragma
                 codes[r, c] = (d << 1) if d >= 0 else ((-d) << 1) - 1  # zig-zag: small |d| → small code
             if wall:  # narrow the column's anchor interval with this height (restart it on a new wall)
                 v = np.float64(hf[r, c])
-                half = (
-                    abs(v) * 2.0**-24 + 1e-45
-                )  # ≥ half a float32 ulp: the float64 height rounded to v lies within
+                # ≥ half a float32 ulp: the float64 height rounded to v lies within
+                half = abs(v) * 2.0**-24 + 1e-45
                 lo = v - half + row_drop
                 hi = v + half + row_drop
                 if up and lo <= anchor_hi[c] and hi >= anchor_lo[c]:
